@@ -1,0 +1,176 @@
+"""Assemble a C3LLM model folder: extend the tokenizer, build the model and processor, save them atomically.
+
+`build_tiny` makes a small random model offline (for trying things out and for tests). `assemble` takes any backbone
+tokenizer, config and sub-processors, so building from pretrained parts plugs in here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    ClapAudioConfig,
+    ClapFeatureExtractor,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    EncodecConfig,
+    EncodecFeatureExtractor,
+    GemmaConfig,
+    GemmaTokenizer,
+)
+
+from modeling_c3llm import C3LLM_SPECIAL_TOKENS, C3LLMConfig, C3LLMForConditionalGeneration, C3LLMNARConfig
+from processing_c3llm import C3LLMProcessor
+from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN
+
+
+def extend_tokenizer(tokenizer, config: C3LLMConfig):
+    """Adds one token per code of codebook 1 and the C3LLM special tokens, at the ids the config expects."""
+    tokens = [ACOUSTIC_TOKEN.format(i) for i in range(config.codebook_size)] + list(C3LLM_SPECIAL_TOKENS)
+    tokenizer.add_tokens(tokens, special_tokens=True)
+    first, last = tokenizer.convert_tokens_to_ids([tokens[0], tokens[-1]])
+    if first != config.acoustic_token_offset or last != config.acoustic_token_offset + len(tokens) - 1:
+        raise ValueError(
+            f"The tokenizer placed the acoustic tokens at {first}..{last}, but the config expects them from "
+            f"{config.acoustic_token_offset}; the backbone's vocab_size must equal the tokenizer's length."
+        )
+    tokenizer.model_max_length = config.text_config.max_position_embeddings
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def make_processor(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor):
+    """A processor whose placeholder counts and sizes match `config`."""
+    return C3LLMProcessor(
+        tokenizer,
+        feature_extractor,
+        codec_feature_extractor,
+        image_processor,
+        num_audio_tokens=config.num_audio_tokens,
+        num_image_tokens=config.num_image_tokens,
+        video_fps=config.video_fps,
+        video_num_frames=config.video_num_frames,
+        video_feature_size=config.video_feature_size,
+        num_codebooks=config.num_codebooks,
+        codebook_size=config.codebook_size,
+    )
+
+
+def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor, out_dir: str | os.PathLike) -> Path:
+    """Saves model and processor into `out_dir` atomically: written to a sibling temp folder, then renamed."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or remove it first.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed: int = 0):
+    """Builds a randomly initialised model (new embedding rows: the mean of the text rows) and its processor."""
+    tokenizer = extend_tokenizer(tokenizer, config)
+    torch.manual_seed(seed)
+    model = C3LLMForConditionalGeneration(config)
+    init_new_token_rows(model)
+    processor = make_processor(config, tokenizer, feature_extractor, codec_feature_extractor, image_processor)
+    return model.eval(), processor
+
+
+@torch.no_grad()
+def init_new_token_rows(model: C3LLMForConditionalGeneration) -> None:
+    """Initialises the acoustic and special token rows as the mean of the text rows (output rows too if untied)."""
+    offset = model.config.acoustic_token_offset
+    for embeddings in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
+        weight = embeddings.weight
+        weight[offset:] = weight[:offset].mean(dim=0, keepdim=True)
+
+
+def tiny_tokenizer() -> GemmaTokenizer:
+    """A character-level Gemma tokenizer built in-process (no download)."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-:;")
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
+def tiny_config(text_vocab_size: int, num_codebooks: int = 2) -> C3LLMConfig:
+    """A small but complete configuration: every part is real, only narrow and shallow."""
+    text = GemmaConfig(
+        vocab_size=text_vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    codec = EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, codebook_dim=16)
+    audio = ClapAudioConfig(
+        hidden_size=32,
+        patch_embeds_hidden_size=16,
+        depths=[1, 1],
+        num_attention_heads=[2, 2],
+        window_size=4,
+        spec_size=64,
+        patch_size=4,
+        patch_stride=[4, 4],
+        num_mel_bins=16,
+        projection_dim=16,
+        projection_hidden_size=32,
+        enable_fusion=False,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    nar = C3LLMNARConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, dropout=0.0)
+    return C3LLMConfig(
+        text_config=text,
+        codec_config=codec,
+        audio_config=audio,
+        vision_config=vision,
+        nar_config=nar,
+        num_codebooks=num_codebooks,
+        video_fps=5.0,
+        video_num_frames=10,
+        max_audio_seconds=2.0,
+    )
+
+
+def build_tiny(out_dir: str | os.PathLike | None = None, seed: int = 0, num_codebooks: int = 2):
+    """Builds the tiny random model and processor; saves them to `out_dir` when given."""
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer), num_codebooks=num_codebooks)
+    feature_extractor = ClapFeatureExtractor(
+        feature_size=16,
+        sampling_rate=16000,
+        hop_length=160,
+        max_length_s=2,
+        fft_window_size=400,
+        frequency_min=50,
+        frequency_max=8000,
+        truncation="rand_trunc",
+    )
+    codec_feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=config.sampling_rate)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    model, processor = assemble(config, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed)
+    if out_dir is not None:
+        save_folder(model, processor, out_dir)
+    return model, processor

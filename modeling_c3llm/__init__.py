@@ -1,0 +1,26 @@
+"""C3LLM for transformers: config, model and Auto-class registration."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoModelForTextToWaveform
+
+from .configuration_c3llm import C3LLM_SPECIAL_TOKENS, C3LLMConfig, C3LLMNARConfig
+from .generation_c3llm import C3LLMAudioGenerationOutput
+from .modeling_c3llm import C3LLMForConditionalGeneration, C3LLMOutputWithPast, C3LLMPreTrainedModel
+
+
+AutoConfig.register(C3LLMConfig.model_type, C3LLMConfig, exist_ok=True)
+AutoConfig.register(C3LLMNARConfig.model_type, C3LLMNARConfig, exist_ok=True)
+for _auto_class in (AutoModel, AutoModelForTextToWaveform, AutoModelForMultimodalLM):
+    _auto_class.register(C3LLMConfig, C3LLMForConditionalGeneration, exist_ok=True)
+# Saved folders carry the code and an `auto_map`, so they load with `trust_remote_code=True` without this package.
+C3LLMConfig.register_for_auto_class()
+C3LLMForConditionalGeneration.register_for_auto_class("AutoModel")
+
+__all__ = [
+    "C3LLM_SPECIAL_TOKENS",
+    "C3LLMAudioGenerationOutput",
+    "C3LLMConfig",
+    "C3LLMForConditionalGeneration",
+    "C3LLMNARConfig",
+    "C3LLMOutputWithPast",
+    "C3LLMPreTrainedModel",
+]

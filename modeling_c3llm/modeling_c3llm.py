@@ -1,0 +1,559 @@
+"""PyTorch C3LLM: an LLM with an acoustic vocabulary, audio/video/image projectors, a NAR head and an EnCodec codec."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    ClapAudioModelWithProjection,
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessorList,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput, logging
+
+from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
+from .generation_c3llm import AllowedTokensLogitsProcessor, C3LLMAudioGenerationOutput
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class C3LLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+        `lm_loss + nar_loss_weight * nar_loss` (paper Eq. 1 + Eq. 2).
+    lm_loss (`torch.FloatTensor`, *optional*):
+        LLM cross-entropy on the target span (coarse acoustic tokens or caption tokens), Eq. 1.
+    nar_loss (`torch.FloatTensor`, *optional*):
+        NAR cross-entropy on codebooks 2..K, averaged over levels, Eq. 2.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        LLM logits.
+    past_key_values (`Cache`, *optional*):
+        The LLM's key/value cache.
+    """
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    nar_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+
+
+class C3LLMProjector(nn.Module):
+    """Two-layer MLP from an encoder's feature width into the LLM's hidden size."""
+
+    def __init__(self, in_features: int, config: C3LLMConfig):
+        super().__init__()
+        self.in_features = in_features
+        self.linear_1 = nn.Linear(in_features, config.projector_hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+def sinusoidal_embeddings(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sin/cos embeddings of integer `positions` (any shape) -> `positions.shape + (dim,)`."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.float().unsqueeze(-1) * freqs
+    embeddings = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(embeddings, (0, dim - 2 * half))
+
+
+class C3LLMNARLayer(GradientCheckpointingLayer):
+    """Pre-norm bidirectional transformer layer."""
+
+    def __init__(self, config: C3LLMNARConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.dropout = config.dropout
+        self.self_attn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
+        query, key, value = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        attn = attn.transpose(1, 2).reshape(batch, length, width)
+        hidden_states = hidden_states + F.dropout(self.out_proj(attn), self.dropout, self.training)
+        mlp = self.fc2(F.gelu(self.fc1(self.final_layer_norm(hidden_states))))
+        return hidden_states + F.dropout(mlp, self.dropout, self.training)
+
+
+class C3LLMNARHead(nn.Module):
+    r"""
+    Non-autoregressive transformer of paper section 3.3: predicts codebook `k+1` for every frame at once from the
+    codes of codebooks `1..k` (summed embeddings) and the condition (the prompt's LLM input embeddings: text tokens or
+    projected video/image features), concatenated along the sequence and attended bidirectionally.
+    """
+
+    def __init__(self, config: C3LLMConfig):
+        super().__init__()
+        nar = config.nar_config
+        levels = config.num_codebooks - 1
+        self.hidden_size = nar.hidden_size
+        self.condition_proj = nn.Linear(config.text_config.hidden_size, nar.hidden_size)
+        self.code_embeddings = nn.ModuleList(nn.Embedding(config.codebook_size, nar.hidden_size) for _ in range(levels))
+        self.level_embeddings = nn.Embedding(levels, nar.hidden_size)
+        self.segment_embeddings = nn.Embedding(2, nar.hidden_size)
+        self.layers = nn.ModuleList(C3LLMNARLayer(nar) for _ in range(nar.num_hidden_layers))
+        self.norm = nn.LayerNorm(nar.hidden_size, eps=nar.layer_norm_eps)
+        self.heads = nn.ModuleList(nn.Linear(nar.hidden_size, config.codebook_size) for _ in range(levels))
+
+    def forward(
+        self,
+        condition_embeds: torch.Tensor,
+        condition_mask: torch.Tensor,
+        codes: torch.LongTensor,
+        frames_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        r"""
+        Args:
+            condition_embeds (`torch.Tensor` of shape `(batch, cond_len, llm_hidden)`): prompt input embeddings.
+            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which condition positions are real.
+            codes (`torch.LongTensor` of shape `(batch, k, frames)`): codebooks `1..k` (any value where masked).
+            frames_mask (`torch.BoolTensor` of shape `(batch, frames)`): which frames are real.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, frames, codebook_size)`: logits of codebook `k+1`.
+        """
+        level = codes.shape[1] - 1
+        codes = codes.clamp(min=0)
+        acoustic = sum(self.code_embeddings[j](codes[:, j]) for j in range(level + 1))
+        acoustic = acoustic + self.level_embeddings.weight[level] + self.segment_embeddings.weight[1]
+        acoustic = acoustic + sinusoidal_embeddings(
+            torch.arange(codes.shape[-1], device=codes.device), self.hidden_size
+        ).to(acoustic.dtype)
+        condition = self.condition_proj(condition_embeds) + self.segment_embeddings.weight[0]
+        condition_positions = (condition_mask.long().cumsum(-1) - 1).clamp(min=0)
+        condition = condition + sinusoidal_embeddings(condition_positions, self.hidden_size).to(condition.dtype)
+
+        hidden_states = torch.cat([condition, acoustic], dim=1)
+        key_mask = torch.cat([condition_mask, frames_mask], dim=1).bool()
+        attention_mask = key_mask[:, None, None, :]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        hidden_states = self.norm(hidden_states[:, condition.shape[1] :])
+        return self.heads[level](hidden_states)
+
+
+class C3LLMPreTrainedModel(PreTrainedModel):
+    config_class = C3LLMConfig
+    base_model_prefix = "c3llm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["C3LLMNARLayer"]
+
+
+class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
+    r"""
+    C3LLM (arXiv 2405.16136): one decoder-only LLM whose vocabulary is extended with one token per code of EnCodec
+    codebook 1 and modality markers. Video frames (RGB + optical flow), images and audio (CLAP) enter as projected
+    embeddings; the LLM predicts coarse acoustic tokens or caption tokens, the NAR head predicts the finer codebooks and
+    EnCodec decodes the waveform. One `generate` serves every task; the prompt built by `C3LLMProcessor` decides which.
+    """
+
+    _frozen_modules = ("codec", "audio_encoder", "vision_encoder")
+
+    def __init__(self, config: C3LLMConfig):
+        super().__init__(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.codec = AutoModel.from_config(config.codec_config)
+        self.audio_encoder = ClapAudioModelWithProjection(config.audio_config)
+        self.vision_encoder = AutoModel.from_config(config.vision_config)
+        audio = config.audio_config
+        audio_width = audio.patch_embeds_hidden_size * 2 ** (len(audio.depths) - 1)  # HTSAT's last stage width
+        self.audio_projector = C3LLMProjector(audio_width + audio.projection_dim, config)
+        self.video_projector = C3LLMProjector(config.video_feature_size, config)
+        self.image_projector = C3LLMProjector(config.vision_config.hidden_size, config)
+        self.nar_head = C3LLMNARHead(config) if config.num_codebooks > 1 else None
+        for name in self._frozen_modules:
+            getattr(self, name).requires_grad_(False)
+        self.post_init()
+        text = config.text_config
+        self.generation_config = GenerationConfig(
+            bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
+        )
+
+    def train(self, mode: bool = True):
+        """Frozen encoders and the codec stay in eval mode (no dropout, fixed batch-norm statistics)."""
+        super().train(mode)
+        for name in self._frozen_modules:
+            getattr(self, name).eval()
+        return self
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves weights (safetensors), configs and, for `trust_remote_code` loading, the code and full `auto_map`."""
+        if self._auto_class is not None:
+            name = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.update({"AutoModelForTextToWaveform": name, "AutoModelForMultimodalLM": name})
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    # ---- modality encoders -------------------------------------------------------------------------------------
+    def get_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """CLAP local features fused with the clip embedding, projected: `(num_audios, num_audio_tokens, hidden)`."""
+        with torch.no_grad():
+            encoded = self.audio_encoder(input_features=input_features, is_longer=is_longer)
+        local = encoded.last_hidden_state.mean(dim=2).transpose(1, 2)  # (batch, time, channels)
+        clip = encoded.audio_embeds[:, None, :].expand(-1, local.shape[1], -1)
+        return self.audio_projector(torch.cat([local, clip], dim=-1))
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor | None = None,
+        flow_values_videos: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-frame RGB and optical-flow features, concatenated and projected: `(num_videos, frames, hidden)`."""
+        if video_features is None:
+            if pixel_values_videos is None or flow_values_videos is None:
+                raise ValueError("Video inputs need both `pixel_values_videos` and `flow_values_videos`, or `video_features`.")
+            batch, frames = pixel_values_videos.shape[:2]
+            with torch.no_grad():
+                rgb = self.vision_encoder(pixel_values=pixel_values_videos.flatten(0, 1)).pooler_output
+                flow = self.vision_encoder(pixel_values=flow_values_videos.flatten(0, 1)).pooler_output
+            video_features = torch.cat([rgb, flow], dim=-1).view(batch, frames, -1)
+        if video_features.shape[-1] != self.config.video_feature_size:
+            raise ValueError(
+                f"video_features have width {video_features.shape[-1]}, but this model expects "
+                f"{self.config.video_feature_size} (RGB + optical-flow features of its vision encoder, concatenated)."
+            )
+        return self.video_projector(video_features.to(self.video_projector.linear_1.weight.dtype))
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Vision-encoder patch features, projected: `(num_images, num_image_tokens, hidden)`."""
+        with torch.no_grad():
+            patches = self.vision_encoder(pixel_values=pixel_values).last_hidden_state
+        return self.image_projector(patches)
+
+    @staticmethod
+    def _scatter_features(
+        input_ids: torch.LongTensor, inputs_embeds: torch.Tensor, token_id: int, features: torch.Tensor, name: str
+    ) -> torch.Tensor:
+        mask = input_ids == token_id
+        if int(mask.sum()) != features.shape[0]:
+            raise ValueError(
+                f"The prompt has {int(mask.sum())} {name} placeholder tokens but {features.shape[0]} {name} feature "
+                "vectors were given; build the inputs with C3LLMProcessor so that they match."
+            )
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
+
+    def get_multimodal_embeddings(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        flow_values_videos: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        video_frames_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """LLM input embeddings with the audio, video and image placeholders replaced by projected features."""
+        if input_ids.max() >= self.config.text_config.vocab_size or input_ids.min() < 0:
+            raise ValueError(f"input_ids must lie in [0, {self.config.text_config.vocab_size}); got out-of-range ids.")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        config = self.config
+        if input_features is not None:
+            audio = self.get_audio_features(input_features, is_longer).flatten(0, 1)
+            inputs_embeds = self._scatter_features(input_ids, inputs_embeds, config.audio_feature_token_id, audio, "audio")
+        if pixel_values_videos is not None or video_features is not None:
+            video = self.get_video_features(pixel_values_videos, flow_values_videos, video_features)
+            if video_frames_mask is None:
+                video_frames_mask = torch.ones(video.shape[:2], dtype=torch.bool, device=video.device)
+            video = video[video_frames_mask.bool()]
+            inputs_embeds = self._scatter_features(input_ids, inputs_embeds, config.video_frame_token_id, video, "video")
+        if pixel_values is not None:
+            image = self.get_image_features(pixel_values).flatten(0, 1)
+            inputs_embeds = self._scatter_features(input_ids, inputs_embeds, config.image_patch_token_id, image, "image")
+        return inputs_embeds
+
+    # ---- codec -------------------------------------------------------------------------------------------------
+    def encode_audio(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.LongTensor:
+        """EnCodec codes of the first `num_codebooks` codebooks: `(batch, num_codebooks, frames)`."""
+        codec = self.codec
+        bandwidth = next(
+            bw
+            for bw in codec.config.target_bandwidths
+            if codec.quantizer.get_num_quantizers_for_bandwidth(bw) >= self.config.num_codebooks
+        )
+        with torch.no_grad():
+            codes = codec.encode(input_values, padding_mask=padding_mask, bandwidth=bandwidth).audio_codes
+        return codes[0, :, : self.config.num_codebooks]
+
+    def decode_audio(self, audio_codes: torch.LongTensor, frames_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Waveforms `(batch, channels, frames * hop_length)` from codes; zero after each clip's last valid frame."""
+        with torch.no_grad():
+            audio = self.codec.decode(audio_codes.clamp(min=0)[None], [None]).audio_values
+        if frames_mask is not None:
+            samples = frames_mask.long().sum(-1) * self.config.hop_length
+            valid = torch.arange(audio.shape[-1], device=audio.device)[None] < samples[:, None]
+            audio = audio * valid[:, None, :]
+        return audio
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def compute_nar_loss(
+        self,
+        condition_embeds: torch.Tensor,
+        condition_mask: torch.Tensor,
+        audio_codes: torch.LongTensor,
+    ) -> torch.Tensor:
+        """Eq. 2: cross-entropy of the NAR head on each codebook `2..K` given the previous ones, averaged over levels."""
+        frames_mask = audio_codes[:, 0] >= 0
+        losses = []
+        for level in range(1, self.config.num_codebooks):
+            logits = self.nar_head(condition_embeds, condition_mask, audio_codes[:, :level], frames_mask)
+            losses.append(F.cross_entropy(logits[frames_mask].float(), audio_codes[:, level][frames_mask]))
+        return torch.stack(losses).mean()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        flow_values_videos: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        video_frames_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        audio_codes: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> C3LLMOutputWithPast:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(num_audios, 1, time, mel_bins)`, *optional*):
+            CLAP log-mel features of the source audio (audio-to-text); one audio per `<|audio_feature|>` run.
+        is_longer (`torch.BoolTensor` of shape `(num_audios, 1)`, *optional*):
+            CLAP's flag for clips longer than its window.
+        pixel_values (`torch.FloatTensor` of shape `(num_images, 3, height, width)`, *optional*):
+            Images for the image-to-audio tasks.
+        pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, frames, 3, height, width)`, *optional*):
+            Sampled RGB frames.
+        flow_values_videos (`torch.FloatTensor` of shape `(num_videos, frames, 3, height, width)`, *optional*):
+            Optical flow of the same frames rendered as images.
+        video_features (`torch.FloatTensor` of shape `(num_videos, frames, video_feature_size)`, *optional*):
+            Precomputed per-frame features, instead of `pixel_values_videos` and `flow_values_videos`.
+        video_frames_mask (`torch.BoolTensor` of shape `(num_videos, frames)`, *optional*):
+            Which frames are real when videos of different lengths are batched.
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Target token ids, `-100` on the prompt and padding (Eq. 1).
+        audio_codes (`torch.LongTensor` of shape `(batch_size, num_codebooks, frames)`, *optional*):
+            EnCodec codes of the audio targets, `-100` on padding and for examples without audio target (Eq. 2).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_multimodal_embeddings(
+                input_ids,
+                input_features=input_features,
+                is_longer=is_longer,
+                pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos,
+                flow_values_videos=flow_values_videos,
+                video_features=video_features,
+                video_frames_mask=video_frames_mask,
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        if position_ids is None:
+            # Left padding: positions count real tokens only, so padded and unpadded prompts see the same positions.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        logits = outputs.logits
+
+        loss = lm_loss = nar_loss = None
+        if labels is not None:
+            lm_loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
+            )
+            loss = lm_loss
+        if audio_codes is not None and self.nar_head is not None:
+            if labels is None:
+                raise ValueError("`audio_codes` needs `labels` too: the NAR condition is the unlabelled prompt.")
+            has_audio = (audio_codes[:, 0] >= 0).any(-1)
+            if has_audio.any():
+                condition_mask = attention_mask.bool() & (labels == -100)
+                nar_loss = self.compute_nar_loss(
+                    inputs_embeds[has_audio], condition_mask[has_audio], audio_codes[has_audio]
+                )
+                loss = nar_loss * self.config.nar_loss_weight if loss is None else loss + nar_loss * self.config.nar_loss_weight
+
+        return C3LLMOutputWithPast(
+            loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, logits=logits, past_key_values=outputs.past_key_values
+        )
+
+    # ---- generation --------------------------------------------------------------------------------------------
+    def _vocabulary_mask(self, audio: bool) -> torch.BoolTensor:
+        config = self.config
+        ids = torch.arange(config.text_config.vocab_size)
+        if audio:
+            start = config.acoustic_token_offset
+            return ((ids >= start) & (ids < start + config.codebook_size)) | (ids == config.audio_end_token_id)
+        return ids < config.acoustic_token_offset
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        is_longer: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        flow_values_videos: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        video_frames_mask: torch.Tensor | None = None,
+        audio_length_in_s: float | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ):
+        r"""
+        Generates for every task. A prompt ending with `<Audio>` asks for audio: the LLM samples coarse codes
+        (restricted to the acoustic vocabulary and `</Audio>`), the NAR head fills codebooks 2..K and EnCodec decodes;
+        a [`C3LLMAudioGenerationOutput`] is returned. Any other prompt generates text ids like a causal LM.
+
+        audio_length_in_s (`float`, *optional*):
+            Exact length of the generated audio. Without it, audio runs until `</Audio>` or `config.max_audio_seconds`.
+        kwargs:
+            Generation parameters (`do_sample`, `temperature`, `top_k`, `max_new_tokens`, `generation_config`, ...).
+        """
+        if input_ids is None:
+            raise ValueError("generate needs `input_ids`; build them with C3LLMProcessor.")
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (batch, length>0), got {tuple(input_ids.shape)}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("The prompts are right-padded; batch them with left padding (C3LLMProcessor does).")
+
+        config = self.config
+        audio_rows = input_ids[:, -1] == config.audio_start_token_id
+        output_audio = bool(audio_rows.all())
+        if audio_rows.any() and not output_audio:
+            raise ValueError("A batch must be all audio-output tasks or all text-output tasks; split it in two.")
+
+        if output_audio:
+            if audio_length_in_s is not None:
+                if not 0 < audio_length_in_s <= 10 * config.max_audio_seconds:
+                    raise ValueError(f"audio_length_in_s must be in (0, {10 * config.max_audio_seconds}], got {audio_length_in_s}.")
+                frames = max(1, round(audio_length_in_s * config.frame_rate))
+                kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = frames
+            else:
+                kwargs.setdefault("max_new_tokens", round(config.max_audio_seconds * config.frame_rate) + 1)
+            kwargs["eos_token_id"] = config.audio_end_token_id
+        elif audio_length_in_s is not None:
+            raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
+
+        max_new_tokens = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 20
+        context = getattr(config.text_config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[1] + max_new_tokens > context:
+            raise ValueError(
+                f"The prompt ({input_ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds the model's context "
+                f"of {context} tokens; shorten the prompt or ask for less output."
+            )
+
+        inputs_embeds = self.get_multimodal_embeddings(
+            input_ids,
+            input_features=input_features,
+            is_longer=is_longer,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            flow_values_videos=flow_values_videos,
+            video_features=video_features,
+            video_frames_mask=video_frames_mask,
+        )
+        processors = LogitsProcessorList(logits_processor or [])
+        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
+        generated = super().generate(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            logits_processor=processors,
+            **kwargs,
+        )
+        if not output_audio:
+            return generated
+
+        sequences = generated if isinstance(generated, torch.Tensor) else generated.sequences
+        coarse, frames_mask = self._tokens_to_codes(sequences[:, input_ids.shape[1] :])
+        codes = self.generate_fine_codes(coarse, frames_mask, inputs_embeds, attention_mask.bool())
+        audio = self.decode_audio(codes, frames_mask)
+        lengths = frames_mask.long().sum(-1) * config.hop_length
+        if audio_length_in_s is not None:
+            target = round(audio_length_in_s * config.sampling_rate)
+            audio = audio[..., :target]
+            lengths = lengths.clamp(max=target)
+        codes = codes.masked_fill(~frames_mask[:, None, :], -1)
+        return C3LLMAudioGenerationOutput(
+            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
+        )
+
+    def _tokens_to_codes(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
+        """Generated ids -> codebook-1 codes `(batch, frames)` up to the first non-acoustic token, and the frame mask."""
+        codes = tokens - self.config.acoustic_token_offset
+        is_code = (codes >= 0) & (codes < self.config.codebook_size)
+        frames_mask = is_code.long().cumprod(dim=-1).bool()
+        frames = max(int(frames_mask.sum(-1).max()), 1)
+        return codes[:, :frames].masked_fill(~frames_mask[:, :frames], 0), frames_mask[:, :frames]
+
+    def generate_fine_codes(
+        self,
+        coarse_codes: torch.LongTensor,
+        frames_mask: torch.BoolTensor,
+        condition_embeds: torch.Tensor,
+        condition_mask: torch.BoolTensor,
+    ) -> torch.LongTensor:
+        """Runs the NAR head level by level (greedy, as in VALL-E): codes `(batch, num_codebooks, frames)`."""
+        codes = coarse_codes[:, None, :]
+        for _ in range(1, self.config.num_codebooks):
+            logits = self.nar_head(condition_embeds, condition_mask, codes, frames_mask)
+            codes = torch.cat([codes, logits.argmax(-1)[:, None, :]], dim=1)
+        return codes
+
+
+__all__ = ["C3LLMForConditionalGeneration", "C3LLMPreTrainedModel", "C3LLMOutputWithPast", "C3LLMNARHead"]

@@ -1,0 +1,282 @@
+"""Media helpers for C3LLM: loading and validating audio, video and images, optical flow and WAV writing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from math import gcd
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import soundfile as sf
+from PIL import Image, UnidentifiedImageError
+from scipy.signal import resample_poly
+
+
+logger = logging.getLogger(__name__)
+
+_MAX_AUDIO_CHANNELS = 8
+
+
+class MediaError(ValueError):
+    """Raised when an audio, video or image input cannot be read or is invalid."""
+
+
+def _to_numpy(data: Any, name: str) -> np.ndarray:
+    """Converts numpy arrays, torch tensors (duck-typed) and nested lists to a numeric numpy array."""
+    if hasattr(data, "detach"):
+        data = data.detach().cpu()
+        try:
+            data = data.numpy()
+        except TypeError:  # e.g. bfloat16 has no numpy equivalent
+            data = data.float().numpy()
+    try:
+        array = np.asarray(data)
+    except (TypeError, ValueError) as e:
+        raise MediaError(f"{name}: could not convert input of type {type(data).__name__} to an array ({e}).") from e
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise MediaError(f"{name}: expected numeric data, got dtype {array.dtype}. Pass real-valued numbers.")
+    return array
+
+
+def _check_finite(array: np.ndarray, what: str) -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise MediaError(f"{what} contains NaN or infinite values. Clean the input (e.g. np.nan_to_num) and retry.")
+
+
+def _check_exists(path: str | os.PathLike, kind: str) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MediaError(f"{kind} file '{path}' does not exist or is not a file. Check the path.")
+    return path
+
+
+def _pcm_to_float(array: np.ndarray) -> np.ndarray:
+    """Scales integer PCM to float32 in [-1, 1]; floats are just cast."""
+    if np.issubdtype(array.dtype, np.signedinteger):
+        return (array.astype(np.float64) / -np.iinfo(array.dtype).min).astype(np.float32)
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        mid = (np.iinfo(array.dtype).max + 1) / 2
+        return ((array.astype(np.float64) - mid) / mid).astype(np.float32)
+    return array.astype(np.float32)
+
+
+def load_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
+    """Reads an audio file into a float32 mono array at `sampling_rate` (downmixing and resampling as needed)."""
+    path = _check_exists(path, "Audio")
+    try:
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise MediaError(
+            f"Audio file '{path}' could not be read ({e}). It may be corrupt or in an unsupported format; "
+            "convert it to WAV or FLAC."
+        ) from e
+    if data.shape[0] == 0:
+        raise MediaError(f"Audio file '{path}' contains zero samples. Provide a non-empty recording.")
+    _check_finite(data, f"Audio file '{path}'")
+    if data.shape[1] > 1:
+        logger.debug("%s: downmixed %d channels to mono", path, data.shape[1])
+    waveform = data.mean(axis=1)
+    if file_rate != sampling_rate:
+        factor = gcd(int(file_rate), int(sampling_rate))
+        waveform = resample_poly(waveform, int(sampling_rate) // factor, int(file_rate) // factor)
+        logger.debug("%s: resampled %d Hz -> %d Hz", path, file_rate, sampling_rate)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def validate_waveform(
+    waveform: Any, sampling_rate: int | None, expected_sampling_rate: int, name: str = "audio"
+) -> np.ndarray:
+    """Validates an in-memory waveform and returns it as a float32 mono 1-D array."""
+    if sampling_rate is None:
+        raise MediaError(
+            f"{name}: an in-memory waveform needs its rate; pass sampling_rate={expected_sampling_rate} "
+            "(after resampling to it), or pass a file path instead."
+        )
+    if int(sampling_rate) != int(expected_sampling_rate):
+        raise MediaError(
+            f"{name}: sampling_rate is {sampling_rate} Hz but the model expects {expected_sampling_rate} Hz; "
+            f"resample to {expected_sampling_rate} Hz first, or pass a file path so it is resampled for you."
+        )
+    array = _to_numpy(waveform, name)
+    if array.size == 0:
+        raise MediaError(f"{name}: the waveform is empty. Provide at least one sample.")
+    if array.ndim > 2:
+        raise MediaError(f"{name}: expected shape (samples,) or (channels, samples), got {array.shape} (>2 dims).")
+    _check_finite(array, f"{name}: the waveform")
+    array = _pcm_to_float(array)
+    if array.ndim == 2:
+        if array.shape[0] > _MAX_AUDIO_CHANNELS:
+            raise MediaError(
+                f"{name}: expected (channels, samples) with at most {_MAX_AUDIO_CHANNELS} channels, "
+                f"got {array.shape}. "
+                "If your array is (samples, channels), transpose it."
+            )
+        if array.shape[0] > 1:
+            logger.debug("%s: downmixed %d channels to mono", name, array.shape[0])
+        array = array.mean(axis=0)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def load_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Decodes a video file with PyAV into (uint8 RGB frames (N, H, W, 3), fps)."""
+    path = _check_exists(path, "Video")
+    try:
+        container = av.open(path)
+    except Exception as e:
+        raise MediaError(
+            f"Video file '{path}' could not be opened ({e}). It may be corrupt; re-encode it as MP4."
+        ) from e
+    with container:
+        if not container.streams.video:
+            raise MediaError(f"Video file '{path}' has no video stream. Pass a file that contains video.")
+        stream = container.streams.video[0]
+        try:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        except Exception as e:
+            raise MediaError(
+                f"Video file '{path}' could not be decoded ({e}). It may be corrupt; re-encode it."
+            ) from e
+        fps = None
+        for rate in (stream.average_rate, stream.guessed_rate):
+            if rate is not None and float(rate) > 0:
+                fps = float(rate)
+                break
+    if not frames:
+        raise MediaError(f"Video file '{path}' decoded to zero frames. Check that the file is not truncated.")
+    if fps is None:
+        fps = 25.0
+        logger.debug("%s: stream has no frame rate, assuming %.1f fps", path, fps)
+    return np.stack(frames), fps
+
+
+def validate_video(frames: Any, name: str = "video") -> np.ndarray:
+    """Validates in-memory video frames and returns them as uint8 (N, H, W, 3)."""
+    array = _to_numpy(frames, name)
+    if array.size == 0 or (array.ndim > 0 and array.shape[0] == 0):
+        raise MediaError(f"{name}: the video has no frames. Provide at least one frame.")
+    if array.ndim != 4:
+        raise MediaError(f"{name}: expected 4 dims (frames, height, width, 3), got shape {array.shape}.")
+    if array.shape[1] == 3 and array.shape[-1] != 3:
+        array = array.transpose(0, 2, 3, 1)
+    if array.shape[-1] != 3:
+        raise MediaError(f"{name}: expected 3 color channels (RGB), got {array.shape[-1]} in shape {array.shape}.")
+    return _to_uint8(array, name)
+
+
+def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """Casts pixel data to uint8; floats with max <= 1 are treated as [0, 1] and scaled to 0..255."""
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        _check_finite(array, f"{name}: the pixel data")
+        if array.max() <= 1.0:
+            array = array * 255.0
+        array = np.rint(array)
+    return np.ascontiguousarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def sample_frames(
+    frames: np.ndarray, source_fps: float, target_fps: float, max_frames: int | None = None
+) -> np.ndarray:
+    """Selects the frames nearest to times k / target_fps within the clip's duration (at least one frame)."""
+    if not source_fps > 0 or not target_fps > 0:
+        raise MediaError(f"fps values must be positive, got source_fps={source_fps}, target_fps={target_fps}.")
+    num_frames = len(frames)
+    if num_frames == 0:
+        raise MediaError("the video has no frames to sample from.")
+    count = max(1, int(np.ceil(num_frames * target_fps / source_fps - 1e-9)))
+    times = np.arange(count) / target_fps
+    indices = np.minimum(np.floor(times * source_fps + 0.5).astype(np.int64), num_frames - 1)
+    if max_frames is not None:
+        indices = indices[: max(1, int(max_frames))]
+    return frames[indices]
+
+
+def optical_flow(frames: np.ndarray) -> np.ndarray:
+    """Farneback dense optical flow between consecutive frames -> float32 (M, H, W, 2), one field per frame."""
+    num_frames, height, width = frames.shape[:3]
+    if num_frames == 0:
+        raise MediaError("optical_flow: the video has no frames.")
+    winsize = min(15, height, width)
+    winsize = max(3, winsize if winsize % 2 == 1 else winsize - 1)
+    gray = [cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2GRAY) for frame in frames]
+    flows = np.zeros((num_frames, height, width, 2), dtype=np.float32)
+    for i in range(num_frames - 1):
+        flows[i] = cv2.calcOpticalFlowFarneback(
+            gray[i], gray[i + 1], None, pyr_scale=0.5, levels=3, winsize=winsize,
+            iterations=3, poly_n=5, poly_sigma=1.2, flags=0,
+        )  # fmt: skip
+    if num_frames > 1:
+        flows[-1] = flows[-2]
+    return flows
+
+
+def flow_to_image(flow: np.ndarray, clip: float = 20.0) -> np.ndarray:
+    """Renders flow (M, H, W, 2) as uint8 RGB (dx, dy, magnitude); zero motion maps to (128, 128, 0)."""
+    if not clip > 0:
+        raise MediaError(f"flow_to_image: clip must be positive, got {clip}.")
+    flow = np.asarray(flow, dtype=np.float32)
+    dx, dy = flow[..., 0], flow[..., 1]
+    magnitude = np.sqrt(dx**2 + dy**2)
+    signed = np.clip(np.stack([dx, dy], axis=-1), -clip, clip) / clip * 127.5 + 127.5
+    mag = np.clip(magnitude, 0, clip) / clip * 255.0
+    image = np.concatenate([signed, mag[..., None]], axis=-1)
+    return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
+
+
+def load_image(path_or_image: Any) -> np.ndarray:
+    """Loads a path, PIL image or array as uint8 RGB (H, W, 3)."""
+    if isinstance(path_or_image, (str, os.PathLike)):
+        path = _check_exists(path_or_image, "Image")
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB")).copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise MediaError(f"Image file '{path}' could not be read ({e}). It may be corrupt; re-save as PNG.") from e
+    if isinstance(path_or_image, Image.Image):
+        return np.asarray(path_or_image.convert("RGB")).copy()
+    array = _to_numpy(path_or_image, "image")
+    if array.size == 0:
+        raise MediaError(f"image: the array is empty (shape {array.shape}). Provide a non-empty image.")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] > 4:  # channel-first
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise MediaError(f"image: expected shape (H, W), (H, W, 1|3|4) or (1|3|4, H, W), got {array.shape}.")
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    elif array.shape[-1] == 4:
+        array = array[..., :3]
+    return _to_uint8(array, "image")
+
+
+def write_wav(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int) -> None:
+    """Atomically writes a float waveform (samples,) or (channels, samples) as a 16-bit PCM WAV file."""
+    path = os.fspath(path)
+    data = _to_numpy(waveform, f"write_wav('{path}')").astype(np.float32)
+    if data.ndim not in (1, 2):
+        raise MediaError(f"write_wav('{path}'): expected (samples,) or (channels, samples), got {data.shape}.")
+    _check_finite(data, f"write_wav('{path}'): the waveform")
+    if not int(sampling_rate) > 0:
+        raise MediaError(f"write_wav('{path}'): sampling_rate must be positive, got {sampling_rate}.")
+    data = np.clip(data, -1.0, 1.0)
+    if data.ndim == 2:
+        data = data.T  # soundfile wants (samples, channels)
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(delete=False, dir=directory, suffix=".wav") as tmp:
+        tmp_path = tmp.name
+    try:
+        sf.write(tmp_path, data, int(sampling_rate), subtype="PCM_16", format="WAV")
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise

@@ -1,0 +1,426 @@
+"""Processor for C3LLM: builds each task's prompt with modality markers and decodes text and audio."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .media_c3llm import (
+    MediaError,
+    flow_to_image,
+    load_audio,
+    load_image,
+    load_video,
+    optical_flow,
+    sample_frames,
+    validate_video,
+    validate_waveform,
+)
+
+
+logger = logging.getLogger(__name__)
+
+# task -> (inputs it needs, output modality)
+TASKS = {
+    "text-to-audio": (("text",), "audio"),
+    "audio-to-text": (("audio",), "text"),
+    "video-to-audio": (("video",), "audio"),
+    "video-to-caption": (("video",), "text"),
+    "video-text-to-audio": (("video", "text"), "audio"),
+    "image-to-audio": (("image",), "audio"),
+    "image-text-to-audio": (("image", "text"), "audio"),
+}
+DEFAULT_TASK_PROMPTS = {
+    "audio-to-text": "Describe the audio.",
+    "video-to-caption": "Describe what you would hear.",
+}
+ACOUSTIC_TOKEN = "<|a_{}|>"
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _as_batch(value: Any, single: tuple[type, ...]) -> list | None:
+    """`None`, one item or a list of items -> `None` or a list."""
+    if value is None:
+        return None
+    if isinstance(value, single) or _is_path(value):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class C3LLMProcessor(ProcessorMixin):
+    r"""
+    Wraps the LLM tokenizer (with the acoustic vocabulary), CLAP's feature extractor for source audio, EnCodec's
+    feature extractor for audio targets and the vision encoder's image processor for video frames and images.
+
+    `processor(text=..., audio=..., videos=..., images=..., task=...)` builds the prompt of a task
+    (see `TASKS`); with `text_target` (captions) or `audio_codes` (EnCodec codes) it also builds training labels.
+    Audio-output prompts end with `<Audio>`, which is how `generate` knows to produce audio.
+
+    Args:
+        tokenizer: The LLM tokenizer, extended with `<|a_0|>`... and the C3LLM special tokens.
+        feature_extractor (`ClapFeatureExtractor`): Log-mel features for the CLAP audio encoder.
+        codec_feature_extractor (`EncodecFeatureExtractor`): Waveform preparation for EnCodec targets.
+        image_processor: Image processor of the vision encoder.
+        num_audio_tokens (`int`): CLAP feature frames per audio clip (placeholders per audio).
+        num_image_tokens (`int`): Vision-encoder tokens per image.
+        video_fps (`float`): Rate at which video frames are sampled.
+        video_num_frames (`int`): Maximum frames per clip.
+        video_feature_size (`int`): Width of precomputed per-frame video features.
+        num_codebooks (`int`): Codebooks of an audio target.
+        codebook_size (`int`): Codes per codebook.
+        task_prompts (`dict`, *optional*): Instruction text appended for the text-output tasks.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        feature_extractor=None,
+        codec_feature_extractor=None,
+        image_processor=None,
+        num_audio_tokens: int = 32,
+        num_image_tokens: int = 50,
+        video_fps: float = 5.0,
+        video_num_frames: int = 50,
+        video_feature_size: int = 1536,
+        num_codebooks: int = 2,
+        codebook_size: int = 1024,
+        task_prompts: dict[str, str] | None = None,
+        chat_template=None,
+    ):
+        self.num_audio_tokens = num_audio_tokens
+        self.num_image_tokens = num_image_tokens
+        self.video_fps = float(video_fps)
+        self.video_num_frames = video_num_frames
+        self.video_feature_size = video_feature_size
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.task_prompts = {**DEFAULT_TASK_PROMPTS, **(task_prompts or {})}
+        super().__init__(tokenizer, feature_extractor, codec_feature_extractor, image_processor, chat_template=chat_template)
+        ids = tokenizer.convert_tokens_to_ids
+        self.token_ids = {
+            name: ids(token)
+            for name, token in {
+                "audio_start": "<Audio>",
+                "audio_end": "</Audio>",
+                "video_start": "<Video>",
+                "video_end": "</Video>",
+                "image_start": "<Image>",
+                "image_end": "</Image>",
+                "audio_feature": "<|audio_feature|>",
+                "video_frame": "<|video_frame|>",
+                "image_patch": "<|image_patch|>",
+            }.items()
+        }
+        self.acoustic_token_offset = ids(ACOUSTIC_TOKEN.format(0))
+        unknown = [name for name, i in self.token_ids.items() if i is None or i == tokenizer.unk_token_id]
+        if unknown or ids(ACOUSTIC_TOKEN.format(codebook_size - 1)) != self.acoustic_token_offset + codebook_size - 1:
+            raise ValueError(
+                f"The tokenizer lacks the C3LLM acoustic or special tokens ({unknown or 'acoustic tokens'}); "
+                "build the processor with `c3llm build`, which extends the tokenizer."
+            )
+
+    # ---- inputs ------------------------------------------------------------------------------------------------
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        audio: Any = None,
+        videos: Any = None,
+        images: Any = None,
+        task: str | list[str] | None = None,
+        sampling_rate: int | None = None,
+        video_fps: float | None = None,
+        video_features: Any = None,
+        text_target: str | list[str] | None = None,
+        audio_codes: Any = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Builds model inputs for one task (or one task per example).
+
+        Args:
+            text: Prompt text (text-to-audio, video/image + text) per example.
+            audio: Source audio for audio-to-text: file paths (any rate, any channels: resampled/downmixed) or
+                arrays at `sampling_rate`, which must equal the CLAP feature extractor's rate.
+            videos: Video file paths, or frame arrays `(frames, height, width, 3)` recorded at `video_fps`.
+            images: Image file paths, PIL images or arrays.
+            task: One of `TASKS`, or one per example; inferred from the inputs when omitted (video alone means
+                video-to-audio).
+            video_features: Precomputed per-frame features `(frames, video_feature_size)`, instead of `videos`.
+            text_target: Captions to learn (text-output tasks).
+            audio_codes: EnCodec codes `(num_codebooks, frames)` to learn (audio-output tasks), e.g. from
+                `C3LLMForConditionalGeneration.encode_audio`.
+        """
+        if kwargs:
+            logger.debug("C3LLMProcessor ignores %s", sorted(kwargs))
+        inputs = {
+            "text": _as_batch(text, (str,)),
+            "audio": _as_batch(audio, (np.ndarray, torch.Tensor)),
+            "video": _as_batch(videos, (np.ndarray, torch.Tensor)),
+            "video_features": _as_batch(video_features, (np.ndarray, torch.Tensor)),
+            "image": _as_batch(images, (np.ndarray, torch.Tensor)),
+            "text_target": _as_batch(text_target, (str,)),
+            "audio_codes": _as_batch(audio_codes, (np.ndarray, torch.Tensor)),
+        }
+        if inputs["video"] is not None and inputs["video_features"] is not None:
+            raise ValueError("Pass either `videos` or `video_features`, not both.")
+        sizes = {name: len(value) for name, value in inputs.items() if value is not None}
+        if not sizes:
+            raise ValueError("C3LLMProcessor needs at least one of text, audio, videos, video_features or images.")
+        batch_size = max(sizes.values())
+        if task is None:
+            tasks = [self._infer_task(inputs, i) for i in range(batch_size)] if len(set(sizes.values())) == 1 else None
+            if tasks is None:
+                raise ValueError(f"Inputs have different batch sizes {sizes}; pass `task` per example and pad with None.")
+        else:
+            tasks = [task] * batch_size if isinstance(task, str) else list(task)
+        if len(tasks) != batch_size:
+            raise ValueError(f"Got {len(tasks)} tasks for a batch of {batch_size}.")
+        for name, value in inputs.items():
+            if value is not None and len(value) != batch_size:
+                raise ValueError(f"`{name}` has {len(value)} entries but the batch has {batch_size}; use None for gaps.")
+            if value is None:
+                inputs[name] = [None] * batch_size
+
+        features: dict[str, list] = {"audio": [], "video": [], "video_features": [], "image": []}
+        sequences, labels, codes = [], [], []
+        for i, example_task in enumerate(tasks):
+            if example_task not in TASKS:
+                raise ValueError(f"Unknown task {example_task!r}; choose one of {sorted(TASKS)}.")
+            prompt = self._prompt(example_task, {name: value[i] for name, value in inputs.items()}, features,
+                                  sampling_rate, video_fps)
+            target, example_codes = self._target(example_task, inputs["text_target"][i], inputs["audio_codes"][i])
+            sequences.append(prompt + target)
+            labels.append([-100] * len(prompt) + target)
+            codes.append(example_codes)
+
+        has_targets = [bool(label_row) and any(t != -100 for t in label_row) for label_row in labels]
+        if any(has_targets) and not all(has_targets):
+            raise ValueError("Give a target (text_target or audio_codes) for every example of a training batch, or none.")
+        data = self._pad(sequences, labels if any(has_targets) else None, codes)
+        data.update(self._encode_features(features))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _infer_task(self, inputs: dict[str, list | None], i: int) -> str:
+        has = {name for name, value in inputs.items() if value is not None and value[i] is not None}
+        if "audio" in has:
+            return "audio-to-text"
+        visual = "video" if has & {"video", "video_features"} else "image" if "image" in has else None
+        if visual:
+            return f"{visual}-text-to-audio" if "text" in has else f"{visual}-to-audio"
+        if "text" in has:
+            return "text-to-audio"
+        raise ValueError(f"Example {i} has no input to condition on; pass text, audio, videos or images.")
+
+    def _text_ids(self, text: Any, what: str) -> list[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"The {what} is empty or not a string ({text!r}); give non-empty text.")
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prompt(
+        self, task: str, example: dict[str, Any], features: dict[str, list], sampling_rate: int | None, fps: float | None
+    ) -> list[int]:
+        needs, output = TASKS[task]
+        ids = self.token_ids
+        prompt = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        if "audio" in needs:
+            if example["audio"] is None:
+                raise ValueError(f"Task {task!r} needs `audio`.")
+            features["audio"].append(self._load_audio(example["audio"], sampling_rate))
+            prompt += [ids["audio_start"]] + [ids["audio_feature"]] * self.num_audio_tokens + [ids["audio_end"]]
+        if "video" in needs:
+            frames = self._add_video(example, features, fps, task)
+            prompt += [ids["video_start"]] + [ids["video_frame"]] * frames + [ids["video_end"]]
+        if "image" in needs:
+            if example["image"] is None:
+                raise ValueError(f"Task {task!r} needs `images`.")
+            features["image"].append(load_image(example["image"]))
+            prompt += [ids["image_start"]] + [ids["image_patch"]] * self.num_image_tokens + [ids["image_end"]]
+        if "text" in needs:
+            prompt += self._text_ids(example["text"], f"text prompt of a {task} example")
+        elif example["text"] is not None:
+            raise ValueError(f"Task {task!r} takes no text prompt; use the '-text-' variant of the task.")
+        if output == "audio":
+            prompt.append(ids["audio_start"])
+        else:
+            prompt += self._text_ids(self.task_prompts[task], f"task prompt of {task}")
+        return prompt
+
+    def _add_video(self, example: dict[str, Any], features: dict[str, list], fps: float | None, task: str) -> int:
+        if example["video_features"] is not None:
+            array = example["video_features"]
+            array = np.asarray(array.detach().cpu().float() if hasattr(array, "detach") else array, dtype=np.float32)
+            if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != self.video_feature_size:
+                raise ValueError(
+                    f"video_features must have shape (frames>0, {self.video_feature_size}), got {array.shape}; "
+                    "compute them with the model's vision encoder (RGB and flow features concatenated)."
+                )
+            if not np.isfinite(array).all():
+                raise ValueError("video_features contain NaN or inf values.")
+            features["video_features"].append(array[: self.video_num_frames])
+            return min(len(array), self.video_num_frames)
+        if example["video"] is None:
+            raise ValueError(f"Task {task!r} needs `videos` or `video_features`.")
+        video = example["video"]
+        if _is_path(video):
+            frames, source_fps = load_video(video)
+        else:
+            frames, source_fps = validate_video(video), fps or self.video_fps
+        frames = sample_frames(frames, source_fps, self.video_fps, self.video_num_frames)
+        features["video"].append(frames)
+        return len(frames)
+
+    def _load_audio(self, audio: Any, sampling_rate: int | None) -> np.ndarray:
+        rate = self.feature_extractor.sampling_rate
+        waveform = load_audio(audio, rate) if _is_path(audio) else validate_waveform(audio, sampling_rate, rate)
+        # Deterministic head crop: CLAP's own truncation picks a random window.
+        return waveform[: self.feature_extractor.nb_max_samples]
+
+    def _target(self, task: str, text_target: Any, audio_codes: Any) -> tuple[list[int], np.ndarray | None]:
+        output = TASKS[task][1]
+        if output == "text":
+            if audio_codes is not None:
+                raise ValueError(f"Task {task!r} produces text; give `text_target`, not `audio_codes`.")
+            if text_target is None:
+                return [], None
+            return self._text_ids(text_target, "text_target") + [self.tokenizer.eos_token_id], None
+        if text_target is not None:
+            raise ValueError(f"Task {task!r} produces audio; give `audio_codes`, not `text_target`.")
+        if audio_codes is None:
+            return [], None
+        codes = audio_codes.detach().cpu().numpy() if hasattr(audio_codes, "detach") else np.asarray(audio_codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks or codes.shape[1] == 0:
+            raise ValueError(f"audio_codes must have shape ({self.num_codebooks}, frames>0), got {codes.shape}.")
+        if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(f"audio_codes must be integers in [0, {self.codebook_size}).")
+        target = (codes[0] + self.acoustic_token_offset).tolist() + [self.token_ids["audio_end"]]
+        return target, codes.astype(np.int64)
+
+    def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None, codes: list) -> dict[str, np.ndarray]:
+        """Left padding for every row, so prompts end at the same position for generation."""
+        limit = self.tokenizer.model_max_length
+        for row in sequences:
+            if len(row) > limit:
+                raise ValueError(
+                    f"A prompt has {len(row)} tokens, longer than the model's context of {limit}; shorten the text, "
+                    "the video (fewer frames) or the target."
+                )
+        length = max(len(row) for row in sequences)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        input_ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for i, row in enumerate(sequences):
+            input_ids[i, length - len(row) :] = row
+            attention_mask[i, length - len(row) :] = 1
+        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if labels is not None:
+            data["labels"] = np.full_like(input_ids, -100)
+            for i, row in enumerate(labels):
+                data["labels"][i, length - len(row) :] = row
+        if any(c is not None for c in codes):
+            frames = max(c.shape[1] for c in codes if c is not None)
+            data["audio_codes"] = np.full((len(codes), self.num_codebooks, frames), -100, dtype=np.int64)
+            for i, c in enumerate(codes):
+                if c is not None:
+                    data["audio_codes"][i, :, : c.shape[1]] = c
+        return data
+
+    def _encode_features(self, features: dict[str, list]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if features["audio"]:
+            clap = self.feature_extractor(
+                features["audio"], sampling_rate=self.feature_extractor.sampling_rate, return_tensors="np"
+            )
+            data["input_features"], data["is_longer"] = clap["input_features"], clap["is_longer"]
+        if features["image"]:
+            data["pixel_values"] = self._pixels(features["image"])
+        if features["video"] and features["video_features"]:
+            raise ValueError("A batch must give all videos as frames or all as video_features.")
+        clips = features["video"] or features["video_features"]
+        if clips:
+            frames = max(len(clip) for clip in clips)
+            data["video_frames_mask"] = np.array([[f < len(clip) for f in range(frames)] for clip in clips])
+        if features["video"]:
+            rgb, flow = [], []
+            for clip in features["video"]:
+                clip = self._resize_for_flow(clip)
+                rgb.append(self._pixels(list(clip)))
+                flow.append(self._pixels(list(flow_to_image(optical_flow(clip)))))
+            data["pixel_values_videos"] = self._pad_frames(rgb, frames)
+            data["flow_values_videos"] = self._pad_frames(flow, frames)
+        elif features["video_features"]:
+            data["video_features"] = self._pad_frames(features["video_features"], frames)
+        return data
+
+    def _pixels(self, images: list[np.ndarray]) -> np.ndarray:
+        return np.asarray(self.image_processor(images, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+    def _resize_for_flow(self, clip: np.ndarray) -> np.ndarray:
+        """Shrinks frames so that their short side matches the encoder's input before computing optical flow."""
+        size = self.image_processor.crop_size
+        target = min(size["height"], size["width"]) if isinstance(size, dict) else int(size)
+        height, width = clip.shape[1:3]
+        scale = target / min(height, width)
+        if scale >= 1:
+            return clip
+        shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return np.stack([cv2.resize(frame, shape, interpolation=cv2.INTER_AREA) for frame in clip])
+
+    @staticmethod
+    def _pad_frames(clips: list[np.ndarray], frames: int) -> np.ndarray:
+        out = np.zeros((len(clips), frames) + clips[0].shape[1:], dtype=np.float32)
+        for i, clip in enumerate(clips):
+            out[i, : len(clip)] = clip
+        return out
+
+    def prepare_audio_target(self, audio: Any, sampling_rate: int | None = None) -> BatchFeature:
+        """Waveforms (paths or arrays) -> EnCodec inputs for `C3LLMForConditionalGeneration.encode_audio`."""
+        rate = self.codec_feature_extractor.sampling_rate
+        waveforms = [
+            load_audio(a, rate) if _is_path(a) else validate_waveform(a, sampling_rate, rate, name="audio target")
+            for a in _as_batch(audio, (np.ndarray, torch.Tensor))
+        ]
+        return self.codec_feature_extractor(waveforms, sampling_rate=rate, return_tensors="pt")
+
+    # ---- outputs -----------------------------------------------------------------------------------------------
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        """Decodes generated token ids with the tokenizer (`skip_special_tokens=True` drops markers and padding)."""
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def decode_audio(self, outputs: Any) -> list[np.ndarray]:
+        """Audio generation output -> one float32 `(channels, samples)` array per clip, padding removed."""
+        audio, lengths = outputs["audio"], outputs["audio_lengths"]
+        return [audio[i, :, : int(lengths[i])].float().cpu().numpy() for i in range(audio.shape[0])]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [
+            "input_ids",
+            "attention_mask",
+            "input_features",
+            "is_longer",
+            "pixel_values",
+            "pixel_values_videos",
+            "flow_values_videos",
+            "video_features",
+            "video_frames_mask",
+        ]
+
+
+__all__ = ["C3LLMProcessor", "TASKS", "MediaError"]
