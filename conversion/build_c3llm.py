@@ -81,7 +81,7 @@ def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor,
 
 
 def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed: int = 0):
-    """Builds a randomly initialised model (new embedding rows: the mean of the text rows) and its processor."""
+    """Builds a randomly initialised model (new embedding rows: near the mean of the text rows) and its processor."""
     tokenizer = extend_tokenizer(tokenizer, config)
     torch.manual_seed(seed)
     model = C3LLMForConditionalGeneration(config)
@@ -91,12 +91,17 @@ def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_ex
 
 
 @torch.no_grad()
-def init_new_token_rows(model: C3LLMForConditionalGeneration) -> None:
-    """Initialises the acoustic and special token rows as the mean of the text rows (output rows too if untied)."""
+def init_new_token_rows(model: C3LLMForConditionalGeneration, noise: float = 0.1) -> None:
+    """Initialises the acoustic and special token rows at the mean of the text rows, plus a little noise.
+
+    The noise (`noise` times the per-dimension std of the text rows) keeps the new tokens distinguishable, so the
+    LLM's first predictions are not exact ties, while every new row stays close to the mean.
+    """
     offset = model.config.acoustic_token_offset
     for embeddings in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
-        weight = embeddings.weight
-        weight[offset:] = weight[:offset].mean(dim=0, keepdim=True)
+        text_rows = embeddings.weight[:offset]
+        new_rows = embeddings.weight[offset:]
+        new_rows.copy_(text_rows.mean(0) + noise * text_rows.std(0) * torch.randn_like(new_rows))
 
 
 def tiny_tokenizer() -> GemmaTokenizer:

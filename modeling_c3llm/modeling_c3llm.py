@@ -186,13 +186,23 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         self.video_projector = C3LLMProjector(config.video_feature_size, config)
         self.image_projector = C3LLMProjector(config.vision_config.hidden_size, config)
         self.nar_head = C3LLMNARHead(config) if config.num_codebooks > 1 else None
-        for name in self._frozen_modules:
-            getattr(self, name).requires_grad_(False)
+        self.freeze_encoders()
         self.post_init()
         text = config.text_config
         self.generation_config = GenerationConfig(
             bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
         )
+
+    def freeze_encoders(self) -> None:
+        """Freezes the codec and the CLAP and vision encoders (the paper trains only projectors, NAR and LoRA)."""
+        for name in self._frozen_modules:
+            getattr(self, name).requires_grad_(False).eval()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        model.freeze_encoders()  # loading re-creates some codec parameters (weight norm) as trainable
+        return model
 
     def train(self, mode: bool = True):
         """Frozen encoders and the codec stay in eval mode (no dropout, fixed batch-norm statistics)."""

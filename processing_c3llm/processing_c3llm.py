@@ -371,7 +371,7 @@ class C3LLMProcessor(ProcessorMixin):
     def _resize_for_flow(self, clip: np.ndarray) -> np.ndarray:
         """Shrinks frames so that their short side matches the encoder's input before computing optical flow."""
         size = self.image_processor.crop_size
-        target = min(size["height"], size["width"]) if isinstance(size, dict) else int(size)
+        target = min(size["height"], size["width"]) if not isinstance(size, int) else size
         height, width = clip.shape[1:3]
         scale = target / min(height, width)
         if scale >= 1:

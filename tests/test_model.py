@@ -1,0 +1,214 @@
+"""The model: losses (Eq. 1 + Eq. 2), gradients, every task's generate, batching and the vocabulary layout."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conversion.build_c3llm import build_tiny
+from processing_c3llm import TASKS
+
+
+AUDIO_TASKS = [task for task, (_, output) in TASKS.items() if output == "audio"]
+TEXT_TASKS = [task for task, (_, output) in TASKS.items() if output == "text"]
+
+
+def training_batch(processor, media, rng):
+    codes = [rng.integers(0, 1024, size=(2, n)) for n in (7, 5, 6)]
+    return processor(
+        text=["a dog barks", None, None, None],
+        audio=[None, str(media / "stereo_44k.wav"), None, None],
+        videos=[None, None, str(media / "clip.mp4"), None],
+        images=[None, None, None, str(media / "image.png")],
+        task=["text-to-audio", "audio-to-text", "video-to-audio", "image-to-audio"],
+        text_target=[None, "a tone", None, None],
+        audio_codes=[codes[0], None, codes[1], codes[2]],
+    )
+
+
+def test_loss_is_eq1_plus_eq2_by_hand(tiny, media):
+    model, processor = tiny
+    batch = training_batch(processor, media, np.random.default_rng(0))
+    with torch.no_grad():
+        out = model(**batch)
+        embeds = model.get_multimodal_embeddings(
+            batch["input_ids"],
+            **{k: batch[k] for k in ("input_features", "is_longer", "pixel_values", "pixel_values_videos",
+                                      "flow_values_videos", "video_frames_mask")},
+        )
+        mask = batch["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+
+    labels = batch["labels"]
+    terms = []
+    for row in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            target = int(labels[row, t + 1])
+            if target != -100:
+                terms.append(-torch.log_softmax(logits[row, t].double(), -1)[target])
+    lm_loss = torch.stack(terms).mean()
+    # Targets: 7+1 and 5+1 and 6+1 audio tokens (codes + </Audio>) and the caption plus <eos>.
+    caption = len(processor.tokenizer("a tone", add_special_tokens=False)["input_ids"]) + 1
+    assert len(terms) == 8 + 6 + 7 + caption
+
+    codes = batch["audio_codes"]
+    nar_terms = []
+    for row in (0, 2, 3):
+        frames = int((codes[row, 0] >= 0).sum())
+        condition = (mask[row] == 1) & (labels[row] == -100)
+        with torch.no_grad():
+            nar_logits = model.nar_head(
+                embeds[row : row + 1], condition[None], codes[row : row + 1, :1, :frames], torch.ones(1, frames, dtype=torch.bool)
+            )[0]
+        for t in range(frames):
+            nar_terms.append(-torch.log_softmax(nar_logits[t].double(), -1)[codes[row, 1, t]])
+    nar_loss = torch.stack(nar_terms).mean()
+
+    torch.testing.assert_close(out.lm_loss.double(), lm_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.nar_loss.double(), nar_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss.double(), lm_loss + nar_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_trainable_parts_only(tiny_folder, media):
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(tiny_folder).train()
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    batch = training_batch(processor, media, np.random.default_rng(1))
+    model(**batch).loss.backward()
+
+    def grad_norm(module):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        return sum(float(g.abs().sum()) for g in grads) if grads else 0.0
+
+    for trained in ("audio_projector", "video_projector", "image_projector", "nar_head", "language_model"):
+        assert grad_norm(getattr(model, trained)) > 0, trained
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.language_model.model.layers[-1].parameters())
+    for frozen in ("codec", "audio_encoder", "vision_encoder"):
+        module = getattr(model, frozen)
+        assert not module.training, f"{frozen} must stay in eval mode"
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters()), frozen
+
+
+@pytest.mark.parametrize("task", AUDIO_TASKS)
+def test_audio_tasks_generate_waveforms_of_requested_length(tiny, task_inputs, task):
+    model, processor = tiny
+    inputs = processor(**task_inputs(task), task=task)
+    assert inputs["input_ids"][0, -1] == model.config.audio_start_token_id
+    torch.manual_seed(0)
+    out = model.generate(**inputs, audio_length_in_s=0.4, do_sample=True, top_k=50)
+    assert out.sampling_rate == 24000 == model.config.codec_config.sampling_rate
+    assert out.audio.shape == (1, 1, round(0.4 * 24000))
+    assert torch.isfinite(out.audio).all() and out.audio.abs().sum() > 0
+    assert out.audio_codes.shape == (1, 2, 30)
+    assert ((out.audio_codes >= 0) & (out.audio_codes < 1024)).all()
+    (wave,) = processor.decode_audio(out)
+    assert wave.shape == (1, 9600)
+
+
+@pytest.mark.parametrize("task", TEXT_TASKS)
+def test_text_tasks_generate_decodable_ids(tiny, task_inputs, task):
+    model, processor = tiny
+    inputs = processor(**task_inputs(task), task=task)
+    ids = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    new = ids[:, inputs["input_ids"].shape[1] :]
+    assert new.shape == (1, 6)
+    assert (new < model.config.acoustic_token_offset).all(), "text tasks must not emit acoustic tokens"
+    text = processor.batch_decode(new, skip_special_tokens=True)[0]
+    assert isinstance(text, str)
+    assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] or new.eq(processor.tokenizer.eos_token_id).any()
+
+
+def test_generation_is_reproducible_under_a_seed(tiny):
+    model, processor = tiny
+    inputs = processor(text="rain on a roof")
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(model.generate(**inputs, audio_length_in_s=0.2, do_sample=True).audio_codes)
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_stops_at_audio_end_without_a_length(tiny):
+    model, processor = tiny
+    out = model.generate(**processor(text="a bird"), do_sample=True, max_new_tokens=12)
+    frames = int(out.audio_lengths[0]) // model.config.hop_length
+    assert 0 <= frames <= 12
+    assert out.audio.shape[-1] >= out.audio_lengths[0]
+    assert (out.audio[0, :, out.audio_lengths[0] :] == 0).all()
+
+
+@pytest.mark.parametrize("task", ["text-to-audio", "image-text-to-audio", "video-to-caption"])
+def test_batched_greedy_equals_one_by_one(tiny, media, task):
+    model, processor = tiny
+    if task == "video-to-caption":
+        rng = np.random.default_rng(0)
+        examples = [{"video_features": rng.normal(size=(n, model.config.video_feature_size))} for n in (3, 7)]
+    else:
+        texts = ["a dog barks loudly at night", "rain"]
+        examples = [{"text": t} for t in texts]
+        if task.startswith("image"):
+            examples = [{**e, "images": str(media / "image.png")} for e in examples]
+    kwargs = {"max_new_tokens": 5} if task == "video-to-caption" else {"audio_length_in_s": 0.2}
+    batched = processor(**{k: [e[k] for e in examples] for k in examples[0]}, task=task)
+    assert batched["attention_mask"][:, 0].tolist() != [1, 1], "prompts of different lengths must be padded"
+    together = model.generate(**batched, do_sample=False, **kwargs)
+    for i, example in enumerate(examples):
+        alone = model.generate(**processor(**example, task=task), do_sample=False, **kwargs)
+        if task == "video-to-caption":
+            prompt = batched["input_ids"].shape[1]
+            assert torch.equal(together[i, prompt:], alone[0, alone.shape[1] - together.shape[1] + prompt :])
+        else:
+            assert torch.equal(together.audio_codes[i], alone.audio_codes[0])
+            torch.testing.assert_close(together.audio[i], alone.audio[0], atol=1e-5, rtol=1e-4)
+
+
+def test_vocabulary_layout_and_new_rows(tiny):
+    model, processor = tiny
+    config = model.config
+    tokenizer = processor.tokenizer
+    assert len(tokenizer) == config.text_config.vocab_size == config.acoustic_token_offset + 1024 + 9
+    assert tokenizer.convert_tokens_to_ids("<|a_0|>") == config.acoustic_token_offset
+    assert tokenizer.convert_tokens_to_ids("<Audio>") == config.audio_start_token_id
+    assert tokenizer.convert_tokens_to_ids("</Audio>") == config.audio_end_token_id
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def test_new_token_rows_start_near_the_mean_of_text_rows():
+    model, _ = build_tiny(seed=1)
+    weight = model.get_input_embeddings().weight.detach()
+    offset = model.config.acoustic_token_offset
+    text_rows, new_rows = weight[:offset], weight[offset:]
+    deviation = (new_rows - text_rows.mean(0)) / text_rows.std(0)
+    assert deviation.abs().max() < 1.0  # within one std of the mean, dimension by dimension
+    assert 0.05 < float(deviation.std()) < 0.2  # the small noise that breaks ties
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_more_codebooks_are_a_config_choice(task_inputs):
+    model, processor = build_tiny(num_codebooks=4)
+    assert len(model.nar_head.heads) == 3
+    out = model.generate(**processor(text="a bell"), audio_length_in_s=0.2, do_sample=False)
+    assert out.audio_codes.shape == (1, 4, 15)
+    codes = torch.randint(0, 1024, (4, 9))
+    batch = processor(text="a bell", audio_codes=codes)
+    loss = model(**batch)
+    assert torch.isfinite(loss.nar_loss) and loss.nar_loss > 0
+
+
+def test_num_audio_tokens_matches_the_clap_encoder(tiny, media):
+    model, processor = tiny
+    inputs = processor(audio=str(media / "stereo_44k.wav"))
+    features = model.get_audio_features(inputs["input_features"], inputs["is_longer"])
+    assert features.shape == (1, model.config.num_audio_tokens, model.config.text_config.hidden_size)
+    assert int((inputs["input_ids"] == model.config.audio_feature_token_id).sum()) == model.config.num_audio_tokens
+
+
+def test_encode_decode_audio_round_trip_shapes(tiny):
+    model, processor = tiny
+    wave = np.sin(2 * np.pi * 220 * np.arange(24000) / 24000).astype(np.float32)
+    codes = model.encode_audio(**processor.prepare_audio_target(wave, sampling_rate=24000))
+    assert codes.shape == (1, 2, 75) and codes.min() >= 0 and codes.max() < 1024
+    audio = model.decode_audio(codes)
+    assert audio.shape == (1, 1, 24000) and torch.isfinite(audio).all()
