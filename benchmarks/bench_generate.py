@@ -1,0 +1,534 @@
+#!/usr/bin/env python
+"""Benchmark C3LLM text-to-audio generation against a bare Gemma causal LM of the same size.
+
+What is compared
+----------------
+* ours: ``C3LLMForConditionalGeneration.generate`` on a text-to-audio prompt (ends with ``<Audio>``), asking for
+  ``--tokens`` coarse acoustic tokens (``audio_length_in_s = tokens / frame_rate``), sampling with top-k 50. The call
+  includes the LLM stage (prompt embedding, constrained sampling of the coarse codes) and the NAR + codec stage
+  (finer codebooks, EnCodec decoding).
+* ours NAR + codec: ``generate_fine_codes`` + ``decode_audio`` timed on their own, on codes of the same length, so
+  that the LLM stage can be isolated: ``LLM stage = full - NAR/codec``.
+* bare: ``GemmaForCausalLM.generate`` with exactly the same text config (same extended vocabulary, so the logits
+  have the same width) and the same weights (the C3LLM's ``language_model`` state dict), forced to produce the same
+  number of new tokens.
+
+Runs are interleaved (ours, NAR/codec, bare, ours, ...) in one process after one warm-up each; the median over
+``--repeats`` is reported. Peak memory (peak RSS, ``ru_maxrss``) is measured in fresh subprocesses, one per side,
+because tracemalloc does not see the allocations torch makes in C++.
+
+Run from anywhere: ``python benchmarks/bench_generate.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import GemmaConfig, GemmaForCausalLM  # noqa: E402
+
+from conversion.build_c3llm import init_new_token_rows, tiny_config  # noqa: E402
+from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
+
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:  # tqdm is optional: fall back to a plain iterator
+    def tqdm(iterable, **_kwargs):
+        return iterable
+
+
+MEMORY_SIDES = ("imports", "ours", "bare")
+
+
+# ---- argument parsing -------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Times C3LLM text-to-audio generation (full call, NAR+codec stage, LLM stage) against a bare "
+            "GemmaForCausalLM of the same size and weights, and measures the peak RSS of each side in a fresh "
+            "subprocess. Prints a table and a final JSON line starting with {\"benchmark\": \"generate\"."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    size = parser.add_argument_group("LLM backbone size (Gemma); the codec, CLAP, vision encoder and NAR stay tiny")
+    size.add_argument("--hidden-size", type=int, default=512, help="Gemma hidden size.")
+    size.add_argument("--layers", type=int, default=8, help="Number of Gemma decoder layers.")
+    size.add_argument("--heads", type=int, default=8, help="Number of attention (query) heads.")
+    size.add_argument("--kv-heads", type=int, default=1, help="Number of key/value heads (1 = multi-query attention).")
+    size.add_argument("--head-dim", type=int, default=64, help="Dimension of each attention head.")
+    size.add_argument("--intermediate", type=int, default=2048, help="Gemma MLP intermediate size.")
+    size.add_argument(
+        "--text-vocab",
+        type=int,
+        default=32000,
+        help="Text vocabulary of the backbone before C3LLM extends it by codebook_size + 9 special tokens.",
+    )
+    run = parser.add_argument_group("workload and measurement")
+    run.add_argument(
+        "--tokens",
+        type=int,
+        default=150,
+        help="Coarse acoustic tokens to generate (new tokens for the bare model too); 75 tokens = 1 s of audio.",
+    )
+    run.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=16,
+        help="Prompt length: <bos>, random text ids below acoustic_token_offset, then <Audio>.",
+    )
+    run.add_argument(
+        "--batch-sizes",
+        type=str,
+        default="1,4",
+        help="Comma-separated batch sizes; one table row each (the same prompt length in every row, no padding).",
+    )
+    run.add_argument("--repeats", type=int, default=3, help="Timed repeats per side and batch size (median reported).")
+    run.add_argument("--threads", type=int, default=2, help="torch.set_num_threads value (also used by the memory subprocesses).")
+    run.add_argument("--seed", type=int, default=0, help="Seed for the weights, the prompt and the sampling.")
+    run.add_argument(
+        "--no-memory", action="store_true", help="Skip the peak-RSS subprocesses (timings and parameter counts only)."
+    )
+    run.add_argument(
+        "--json-out",
+        type=Path,
+        default=None,
+        help="Also write the final JSON object to this path (atomically: temp file + rename).",
+    )
+    # Internal: run one side in this (fresh) process and print its peak RSS as JSON.
+    parser.add_argument("--memory-child", choices=MEMORY_SIDES, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    except ValueError:
+        parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    for name in ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate", "text_vocab", "tokens",
+                 "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.prompt_tokens < 2:
+        parser.error("--prompt-tokens must be >= 2 (<bos> and <Audio>)")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes must list positive integers")
+    if args.heads % args.kv_heads:
+        parser.error("--heads must be a multiple of --kv-heads")
+    return args
+
+
+# ---- model building ---------------------------------------------------------------------------------------------
+def build_config(args) -> C3LLMConfig:
+    """The tiny config of conversion.build_c3llm with the text backbone replaced by one of the requested size."""
+    tiny = tiny_config(text_vocab_size=args.text_vocab)
+    text = GemmaConfig(
+        vocab_size=args.text_vocab,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        max_position_embeddings=max(2048, args.prompt_tokens + args.tokens + 8),
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    return C3LLMConfig(
+        text_config=text,
+        codec_config=tiny.codec_config,
+        audio_config=tiny.audio_config,
+        vision_config=tiny.vision_config,
+        nar_config=tiny.nar_config,
+        num_codebooks=tiny.num_codebooks,
+        video_fps=tiny.video_fps,
+        video_num_frames=tiny.video_num_frames,
+        # generate() accepts audio_length_in_s up to 10 * max_audio_seconds
+        max_audio_seconds=max(tiny.max_audio_seconds, args.tokens / tiny.frame_rate),
+    )
+
+
+def build_ours(config: C3LLMConfig, seed: int) -> C3LLMForConditionalGeneration:
+    torch.manual_seed(seed)
+    model = C3LLMForConditionalGeneration(config)
+    init_new_token_rows(model)  # as conversion.build_c3llm.assemble does
+    return model.eval()
+
+
+def build_bare(config: C3LLMConfig, seed: int, weights_from: C3LLMForConditionalGeneration | None = None):
+    """GemmaForCausalLM with the C3LLM's (extended) text config; same weights when `weights_from` is given."""
+    torch.manual_seed(seed)
+    bare = GemmaForCausalLM(config.text_config)
+    if weights_from is not None:
+        bare.load_state_dict(weights_from.language_model.state_dict(), strict=True)
+    else:
+        with torch.no_grad():  # mimic init_new_token_rows so that both sides have identical structure
+            weight = bare.get_input_embeddings().weight
+            weight[config.acoustic_token_offset :] = weight[: config.acoustic_token_offset].mean(0, keepdim=True)
+    return bare.eval()
+
+
+def make_prompt(config: C3LLMConfig, batch: int, length: int, seed: int):
+    """`<bos>`, random text ids in [3, acoustic_token_offset), `<Audio>`; no padding."""
+    generator = torch.Generator().manual_seed(seed)
+    bos = torch.full((batch, 1), config.text_config.bos_token_id, dtype=torch.long)
+    text = torch.randint(3, config.acoustic_token_offset, (batch, length - 2), generator=generator)
+    audio = torch.full((batch, 1), config.audio_start_token_id, dtype=torch.long)
+    input_ids = torch.cat([bos, text, audio], dim=1)
+    return input_ids, torch.ones_like(input_ids)
+
+
+def count_params(module: torch.nn.Module | None) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters())  # parameters() de-duplicates tied weights
+
+
+def parameter_counts(model: C3LLMForConditionalGeneration, bare: torch.nn.Module) -> dict:
+    lm = model.language_model
+    counts = {
+        "ours_total": count_params(model),
+        "ours_language_model": count_params(lm),
+        "ours_language_model_embeddings": lm.get_input_embeddings().weight.numel(),
+        "ours_codec": count_params(model.codec),
+        "ours_audio_encoder": count_params(model.audio_encoder),
+        "ours_vision_encoder": count_params(model.vision_encoder),
+        "ours_projectors": sum(
+            count_params(getattr(model, n)) for n in ("audio_projector", "video_projector", "image_projector")
+        ),
+        "ours_nar_head": count_params(model.nar_head),
+        "bare_total": count_params(bare),
+    }
+    counts["ours_extra_over_bare"] = counts["ours_total"] - counts["bare_total"]
+    counts["tied_word_embeddings"] = bool(lm.get_output_embeddings().weight is lm.get_input_embeddings().weight)
+    return counts
+
+
+# ---- timed calls --------------------------------------------------------------------------------------------------
+def run_ours(model, input_ids, attention_mask, tokens: int, frame_rate: int, seed: int):
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        audio_length_in_s=tokens / frame_rate,
+        do_sample=True,
+        top_k=50,
+    )
+    elapsed = time.perf_counter() - start
+    new = out.sequences.shape[1] - input_ids.shape[1]
+    if new != tokens:
+        raise RuntimeError(f"ours generated {new} tokens, expected {tokens}")
+    return elapsed, out
+
+
+def run_nar_codec(model, out, input_ids, attention_mask):
+    """The part of ours.generate after the LLM: NAR head (finer codebooks) + EnCodec decoding, on the same codes."""
+    coarse = out.audio_codes[:, 0]
+    frames_mask = coarse >= 0
+    condition = model.get_multimodal_embeddings(input_ids)  # computed before the LLM in generate; not timed here
+    start = time.perf_counter()
+    with torch.no_grad():
+        codes = model.generate_fine_codes(coarse.clamp(min=0), frames_mask, condition, attention_mask.bool())
+        audio = model.decode_audio(codes, frames_mask)
+    elapsed = time.perf_counter() - start
+    del audio
+    return elapsed
+
+
+def run_bare(bare, input_ids, attention_mask, tokens: int, seed: int):
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    with torch.no_grad():
+        sequences = bare.generate(
+            input_ids,
+            attention_mask=attention_mask,
+            min_new_tokens=tokens,
+            max_new_tokens=tokens,
+            do_sample=True,
+            top_k=50,
+        )
+    elapsed = time.perf_counter() - start
+    new = sequences.shape[1] - input_ids.shape[1]
+    if new != tokens:
+        raise RuntimeError(f"bare generated {new} tokens, expected {tokens}")
+    return elapsed
+
+
+def time_batch(model, bare, config, args, batch: int) -> dict:
+    input_ids, attention_mask = make_prompt(config, batch, args.prompt_tokens, args.seed)
+    frame_rate = config.frame_rate
+    # Warm-up (one call each): first-call allocations, lazy inits, kernel selection.
+    _, out = run_ours(model, input_ids, attention_mask, args.tokens, frame_rate, args.seed)
+    run_nar_codec(model, out, input_ids, attention_mask)
+    run_bare(bare, input_ids, attention_mask, args.tokens, args.seed)
+
+    full, nar, llm, plain = [], [], [], []
+    for r in tqdm(range(args.repeats), desc=f"batch {batch}", unit="repeat", file=sys.stderr, leave=False):
+        seed = args.seed + 1 + r
+        t_full, out = run_ours(model, input_ids, attention_mask, args.tokens, frame_rate, seed)
+        t_nar = run_nar_codec(model, out, input_ids, attention_mask)
+        t_bare = run_bare(bare, input_ids, attention_mask, args.tokens, seed)
+        full.append(t_full)
+        nar.append(t_nar)
+        llm.append(t_full - t_nar)
+        plain.append(t_bare)
+
+    tokens = args.tokens
+    med = statistics.median
+    row = {
+        "batch_size": batch,
+        "prompt_tokens": int(input_ids.shape[1]),
+        "new_tokens": tokens,
+        "audio_seconds": tokens / frame_rate,
+        "ours_full_s": med(full),
+        "ours_nar_codec_s": med(nar),
+        "ours_llm_stage_s": med(llm),
+        "bare_s": med(plain),
+        "ours_full_ms_per_token": 1000 * med(full) / tokens,
+        "ours_llm_stage_ms_per_token": 1000 * med(llm) / tokens,
+        "bare_ms_per_token": 1000 * med(plain) / tokens,
+        "ratio_llm_stage_over_bare": med(llm) / med(plain),
+        "ratio_full_over_bare": med(full) / med(plain),
+        "raw_s": {"ours_full": full, "ours_nar_codec": nar, "ours_llm_stage": llm, "bare": plain},
+    }
+    return row
+
+
+# ---- peak memory (fresh subprocesses) -----------------------------------------------------------------------------
+def peak_rss_kib() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
+
+
+def memory_child(args) -> None:
+    """Runs in a fresh process: build one side, generate once per batch size, print peak RSS as one JSON line."""
+    torch.set_num_threads(args.threads)
+    config = build_config(args)
+    result = {"side": args.memory_child, "peak_rss_after_imports_kib": peak_rss_kib()}
+    if args.memory_child != "imports":
+        if args.memory_child == "ours":
+            model = build_ours(config, args.seed)
+        else:
+            model = build_bare(config, args.seed)
+        result["peak_rss_after_build_kib"] = peak_rss_kib()
+        for batch in args.batch_sizes:
+            input_ids, attention_mask = make_prompt(config, batch, args.prompt_tokens, args.seed)
+            if args.memory_child == "ours":
+                run_ours(model, input_ids, attention_mask, args.tokens, config.frame_rate, args.seed)
+            else:
+                run_bare(model, input_ids, attention_mask, args.tokens, args.seed)
+        result["peak_rss_after_generate_kib"] = peak_rss_kib()
+    print("MEMORY_RESULT " + json.dumps(result), flush=True)
+
+
+def measure_memory(args) -> dict:
+    results = {}
+    for side in MEMORY_SIDES:
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--memory-child", side,
+            "--hidden-size", str(args.hidden_size),
+            "--layers", str(args.layers),
+            "--heads", str(args.heads),
+            "--kv-heads", str(args.kv_heads),
+            "--head-dim", str(args.head_dim),
+            "--intermediate", str(args.intermediate),
+            "--text-vocab", str(args.text_vocab),
+            "--tokens", str(args.tokens),
+            "--prompt-tokens", str(args.prompt_tokens),
+            "--batch-sizes", ",".join(map(str, args.batch_sizes)),
+            "--threads", str(args.threads),
+            "--seed", str(args.seed),
+        ]
+        proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("MEMORY_RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"memory subprocess for {side!r} failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+        results[side] = json.loads(lines[-1][len("MEMORY_RESULT "):])
+    base = results["imports"]["peak_rss_after_imports_kib"]
+    ours = results["ours"]["peak_rss_after_generate_kib"]
+    bare = results["bare"]["peak_rss_after_generate_kib"]
+    return {
+        "method": "peak RSS (resource.getrusage ru_maxrss) in a fresh subprocess per side, after build + generate "
+        "at every batch size; tracemalloc is not used because it misses torch's C++ allocations",
+        "imports_only_peak_rss_mib": base / 1024,
+        "ours_peak_rss_after_build_mib": results["ours"]["peak_rss_after_build_kib"] / 1024,
+        "ours_peak_rss_mib": ours / 1024,
+        "bare_peak_rss_after_build_mib": results["bare"]["peak_rss_after_build_kib"] / 1024,
+        "bare_peak_rss_mib": bare / 1024,
+        "ratio_ours_over_bare": ours / bare,
+        "ratio_ours_over_bare_net_of_imports": (ours - base) / (bare - base) if bare > base else None,
+    }
+
+
+# ---- reporting ----------------------------------------------------------------------------------------------------
+def print_report(summary: dict) -> None:
+    cfg = summary["config"]
+    params = summary["parameters"]
+    print()
+    print(
+        f"C3LLM generate benchmark  |  Gemma hidden={cfg['hidden_size']} layers={cfg['layers']} heads={cfg['heads']} "
+        f"kv_heads={cfg['kv_heads']} head_dim={cfg['head_dim']} intermediate={cfg['intermediate']} "
+        f"vocab={cfg['vocab_size']} (text {cfg['acoustic_token_offset']} + acoustic/special "
+        f"{cfg['vocab_size'] - cfg['acoustic_token_offset']})"
+    )
+    env = summary["environment"]
+    print(
+        f"torch {env['torch']}, transformers {env['transformers']}, threads={env['threads']}, "
+        f"cpus={env['cpu_count']}, attn={env['attn_implementation']}, repeats={cfg['repeats']} (median), "
+        f"{cfg['tokens']} coarse tokens = {cfg['tokens'] / cfg['frame_rate']:.2f} s audio, top_k=50 sampling"
+    )
+    print()
+    header = (
+        f"{'batch':>5} | {'ours full':>10} | {'ours NAR+codec':>14} | {'ours LLM stage':>14} | {'bare':>10} | "
+        f"{'LLM/bare':>8} | {'full/bare':>9}"
+    )
+    print("per-token times in ms (total seconds in parentheses)")
+    print(header)
+    print("-" * len(header))
+    for row in summary["timings"]:
+        print(
+            f"{row['batch_size']:>5} | {row['ours_full_ms_per_token']:>10.2f} | "
+            f"{1000 * row['ours_nar_codec_s'] / row['new_tokens']:>14.2f} | "
+            f"{row['ours_llm_stage_ms_per_token']:>14.2f} | {row['bare_ms_per_token']:>10.2f} | "
+            f"{row['ratio_llm_stage_over_bare']:>8.3f} | {row['ratio_full_over_bare']:>9.3f}"
+        )
+        print(
+            f"{'':>5} | {'(' + format(row['ours_full_s'], '.3f') + ' s)':>10} | "
+            f"{'(' + format(row['ours_nar_codec_s'], '.3f') + ' s)':>14} | "
+            f"{'(' + format(row['ours_llm_stage_s'], '.3f') + ' s)':>14} | "
+            f"{'(' + format(row['bare_s'], '.3f') + ' s)':>10} |"
+        )
+    print()
+    print("parameters")
+    for key in ("ours_total", "ours_language_model", "ours_language_model_embeddings", "ours_codec",
+                "ours_audio_encoder", "ours_vision_encoder", "ours_projectors", "ours_nar_head", "bare_total",
+                "ours_extra_over_bare"):
+        print(f"  {key:<32} {params[key]:>14,d}  ({params[key] * 4 / 2**20:8.2f} MiB fp32)")
+    print(f"  tied word embeddings: {params['tied_word_embeddings']}")
+    nar = cfg["nar"]
+    print(
+        f"  NAR head is deliberately tiny here (hidden={nar['hidden_size']}, layers={nar['num_hidden_layers']}, "
+        f"heads={nar['num_attention_heads']}, intermediate={nar['intermediate_size']}); the paper-size NAR (config "
+        "defaults 1024/12/16/4096) would make the NAR+codec column much larger."
+    )
+    memory = summary.get("memory")
+    if memory:
+        print()
+        print("peak memory (RSS, fresh subprocess per side)")
+        print(f"  imports only            {memory['imports_only_peak_rss_mib']:9.1f} MiB")
+        print(f"  ours  after build       {memory['ours_peak_rss_after_build_mib']:9.1f} MiB")
+        print(f"  ours  after generate    {memory['ours_peak_rss_mib']:9.1f} MiB")
+        print(f"  bare  after build       {memory['bare_peak_rss_after_build_mib']:9.1f} MiB")
+        print(f"  bare  after generate    {memory['bare_peak_rss_mib']:9.1f} MiB")
+        net = memory["ratio_ours_over_bare_net_of_imports"]
+        print(
+            f"  ratio ours/bare         {memory['ratio_ours_over_bare']:9.3f}"
+            + (f"   (net of imports: {net:.3f})" if net is not None else "")
+        )
+        print(
+            "  note: ours includes the frozen CLAP/vision encoders, the EnCodec codec, the projectors and the NAR "
+            "head (all tiny here) on top of the same language model; tracemalloc is not adequate for torch "
+            "(C++ allocations), hence RSS."
+        )
+    print()
+
+
+def write_json_atomically(path: Path, payload: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(payload + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    if args.memory_child is not None:
+        memory_child(args)
+        return None
+
+    torch.set_num_threads(args.threads)
+    config = build_config(args)
+    model = build_ours(config, args.seed)
+    bare = build_bare(config, args.seed, weights_from=model)
+    params = parameter_counts(model, bare)
+    attn = {"ours": model.language_model.config._attn_implementation, "bare": bare.config._attn_implementation}
+
+    timings = [time_batch(model, bare, config, args, batch) for batch in args.batch_sizes]
+    del model, bare
+    memory = None if args.no_memory else measure_memory(args)
+
+    nar = config.nar_config
+    summary = {
+        "benchmark": "generate",
+        "config": {
+            "hidden_size": args.hidden_size,
+            "layers": args.layers,
+            "heads": args.heads,
+            "kv_heads": args.kv_heads,
+            "head_dim": args.head_dim,
+            "intermediate": args.intermediate,
+            "vocab_size": config.text_config.vocab_size,
+            "acoustic_token_offset": config.acoustic_token_offset,
+            "tokens": args.tokens,
+            "prompt_tokens": args.prompt_tokens,
+            "frame_rate": config.frame_rate,
+            "num_codebooks": config.num_codebooks,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "nar": {
+                "hidden_size": nar.hidden_size,
+                "num_hidden_layers": nar.num_hidden_layers,
+                "num_attention_heads": nar.num_attention_heads,
+                "intermediate_size": nar.intermediate_size,
+            },
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "attn_implementation": attn,
+        },
+        "parameters": params,
+        "timings": timings,
+        "memory": memory,
+    }
+    print_report(summary)
+    line = json.dumps(summary)
+    if args.json_out is not None:
+        write_json_atomically(args.json_out, line)
+    print(line, flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
