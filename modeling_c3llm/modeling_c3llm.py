@@ -306,6 +306,16 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             image = self.get_image_features(pixel_values).flatten(0, 1)
             inputs_embeds = self._scatter_features(input_ids, inputs_embeds, config.image_patch_token_id, image, "image")
+        for given, token_id, name in (
+            (input_features, config.audio_feature_token_id, "audio"),
+            (pixel_values_videos if video_features is None else video_features, config.video_frame_token_id, "video"),
+            (pixel_values, config.image_patch_token_id, "image"),
+        ):
+            if given is None and bool((input_ids == token_id).any()):
+                raise ValueError(
+                    f"The prompt has {int((input_ids == token_id).sum())} {name} placeholder tokens but no {name} "
+                    "inputs were given; pass the processor's whole output to the model."
+                )
         return inputs_embeds
 
     # ---- codec -------------------------------------------------------------------------------------------------
