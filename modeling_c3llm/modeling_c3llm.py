@@ -17,13 +17,23 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
 from .generation_c3llm import AllowedTokensLogitsProcessor, C3LLMAudioGenerationOutput
 
 
-logger = logging.get_logger(__name__)
+
+# Model inputs that carry audio, video or image content (besides the token ids).
+MODALITY_INPUTS = (
+    "input_features",
+    "is_longer",
+    "pixel_values",
+    "pixel_values_videos",
+    "flow_values_videos",
+    "video_features",
+    "video_frames_mask",
+)
 
 
 @dataclass
@@ -461,13 +471,6 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        input_features: torch.Tensor | None = None,
-        is_longer: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
-        flow_values_videos: torch.Tensor | None = None,
-        video_features: torch.Tensor | None = None,
-        video_frames_mask: torch.Tensor | None = None,
         audio_length_in_s: float | None = None,
         logits_processor: LogitsProcessorList | None = None,
         **kwargs,
@@ -480,8 +483,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         audio_length_in_s (`float`, *optional*):
             Exact length of the generated audio. Without it, audio runs until `</Audio>` or `config.max_audio_seconds`.
         kwargs:
-            Generation parameters (`do_sample`, `temperature`, `top_k`, `max_new_tokens`, `generation_config`, ...).
+            The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
+            and generation parameters (`do_sample`, `temperature`, `top_k`, `max_new_tokens`, ...).
         """
+        features = {name: kwargs.pop(name) for name in MODALITY_INPUTS if name in kwargs}
         if input_ids is None:
             raise ValueError("generate needs `input_ids`; build them with C3LLMProcessor.")
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
@@ -517,16 +522,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
                 f"of {context} tokens; shorten the prompt or ask for less output."
             )
 
-        inputs_embeds = self.get_multimodal_embeddings(
-            input_ids,
-            input_features=input_features,
-            is_longer=is_longer,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            flow_values_videos=flow_values_videos,
-            video_features=video_features,
-            video_frames_mask=video_frames_mask,
-        )
+        inputs_embeds = self.get_multimodal_embeddings(input_ids, **features)
         processors = LogitsProcessorList(logits_processor or [])
         processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
         generated = super().generate(
