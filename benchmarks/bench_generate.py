@@ -310,16 +310,58 @@ def time_batch(model, bare, config, args, batch: int) -> dict:
 
 
 # ---- peak memory (fresh subprocesses) -----------------------------------------------------------------------------
-def peak_rss_kib() -> int:
+def ru_maxrss_kib() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_kib() -> int:
+    """Peak RSS of this process's own address space.
+
+    On Linux this is VmHWM, not ru_maxrss: a child started with fork+exec (subprocess, multiprocessing "spawn")
+    inherits the parent's RSS at fork time into ru_maxrss (a trivial child of a 600 MiB parent reports 600 MiB),
+    while VmHWM only covers the child's own memory after exec.
+    """
+    hwm = _proc_status_kib("VmHWM")
+    return hwm if hwm is not None else ru_maxrss_kib()
+
+
+def current_rss_kib() -> int | None:
+    return _proc_status_kib("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux >= 4.0, writing 5 to clear_refs); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(args) -> None:
-    """Runs in a fresh process: build one side, generate once per batch size, print peak RSS as one JSON line."""
+    """Runs in a fresh process: build one side, generate once per batch size, print its RSS figures as one JSON line."""
     torch.set_num_threads(args.threads)
     config = build_config(args)
-    result = {"side": args.memory_child, "peak_rss_after_imports_kib": peak_rss_kib()}
+    result = {
+        "side": args.memory_child,
+        "peak_rss_imports_kib": peak_rss_kib(),
+        "rss_after_imports_kib": current_rss_kib(),
+    }
+    # From here on the high-water mark covers building + generating only (when the kernel supports the reset).
+    result["peak_reset"] = reset_peak_rss()
     if args.memory_child != "imports":
         if args.memory_child == "ours":
             model = build_ours(config, args.seed)
@@ -333,6 +375,8 @@ def memory_child(args) -> None:
             else:
                 run_bare(model, input_ids, attention_mask, args.tokens, args.seed)
         result["peak_rss_after_generate_kib"] = peak_rss_kib()
+    result["peak_rss_process_kib"] = max(result["peak_rss_imports_kib"], peak_rss_kib())
+    result["ru_maxrss_kib"] = ru_maxrss_kib()  # for reference only: inflated by the parent's RSS, see peak_rss_kib
     print("MEMORY_RESULT " + json.dumps(result), flush=True)
 
 
@@ -361,20 +405,32 @@ def measure_memory(args) -> dict:
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"memory subprocess for {side!r} failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
         results[side] = json.loads(lines[-1][len("MEMORY_RESULT "):])
-    base = results["imports"]["peak_rss_after_imports_kib"]
-    ours = results["ours"]["peak_rss_after_generate_kib"]
-    bare = results["bare"]["peak_rss_after_generate_kib"]
-    return {
-        "method": "peak RSS (resource.getrusage ru_maxrss) in a fresh subprocess per side, after build + generate "
-        "at every batch size; tracemalloc is not used because it misses torch's C++ allocations",
-        "imports_only_peak_rss_mib": base / 1024,
-        "ours_peak_rss_after_build_mib": results["ours"]["peak_rss_after_build_kib"] / 1024,
-        "ours_peak_rss_mib": ours / 1024,
-        "bare_peak_rss_after_build_mib": results["bare"]["peak_rss_after_build_kib"] / 1024,
-        "bare_peak_rss_mib": bare / 1024,
-        "ratio_ours_over_bare": ours / bare,
-        "ratio_ours_over_bare_net_of_imports": (ours - base) / (bare - base) if bare > base else None,
+    mib = lambda kib: None if kib is None else kib / 1024  # noqa: E731
+    ours, bare = results["ours"], results["bare"]
+    summary = {
+        "method": (
+            "peak RSS in a fresh subprocess per side (Linux VmHWM; ru_maxrss of a subprocess inherits the parent's "
+            "RSS, so it is only listed for reference); tracemalloc is not used because it misses torch's C++ "
+            "allocations. 'process' = whole child lifetime incl. imports; 'build+generate' = high-water mark "
+            "after a reset at the end of the imports (when peak_reset is true) minus the RSS after imports."
+        ),
+        "peak_reset": bool(ours["peak_reset"] and bare["peak_reset"]),
+        "imports_only_peak_rss_mib": mib(results["imports"]["peak_rss_imports_kib"]),
+        "imports_only_rss_mib": mib(results["imports"]["rss_after_imports_kib"]),
+        "ours_peak_rss_after_build_mib": mib(ours["peak_rss_after_build_kib"]),
+        "ours_peak_rss_mib": mib(ours["peak_rss_process_kib"]),
+        "bare_peak_rss_after_build_mib": mib(bare["peak_rss_after_build_kib"]),
+        "bare_peak_rss_mib": mib(bare["peak_rss_process_kib"]),
+        "ratio_ours_over_bare": ours["peak_rss_process_kib"] / bare["peak_rss_process_kib"],
+        "ru_maxrss_mib_reference": {side: mib(r["ru_maxrss_kib"]) for side, r in results.items()},
     }
+    if ours["rss_after_imports_kib"] is not None and bare["rss_after_imports_kib"] is not None:
+        ours_net = ours["peak_rss_after_generate_kib"] - ours["rss_after_imports_kib"]
+        bare_net = bare["peak_rss_after_generate_kib"] - bare["rss_after_imports_kib"]
+        summary["ours_build_generate_mib"] = ours_net / 1024
+        summary["bare_build_generate_mib"] = bare_net / 1024
+        summary["ratio_ours_over_bare_build_generate"] = ours_net / bare_net if bare_net > 0 else None
+    return summary
 
 
 # ---- reporting ----------------------------------------------------------------------------------------------------
@@ -391,7 +447,8 @@ def print_report(summary: dict) -> None:
     env = summary["environment"]
     print(
         f"torch {env['torch']}, transformers {env['transformers']}, threads={env['threads']}, "
-        f"cpus={env['cpu_count']}, attn={env['attn_implementation']}, repeats={cfg['repeats']} (median), "
+        f"cpus={env['cpu_count']}, load(1m) {env['loadavg_1m_before']} -> {env['loadavg_1m_after']}, "
+        f"attn={env['attn_implementation']['ours']}/{env['attn_implementation']['bare']}, repeats={cfg['repeats']} (median), "
         f"{cfg['tokens']} coarse tokens = {cfg['tokens'] / cfg['frame_rate']:.2f} s audio, top_k=50 sampling"
     )
     print()
@@ -431,17 +488,21 @@ def print_report(summary: dict) -> None:
     memory = summary.get("memory")
     if memory:
         print()
-        print("peak memory (RSS, fresh subprocess per side)")
-        print(f"  imports only            {memory['imports_only_peak_rss_mib']:9.1f} MiB")
-        print(f"  ours  after build       {memory['ours_peak_rss_after_build_mib']:9.1f} MiB")
-        print(f"  ours  after generate    {memory['ours_peak_rss_mib']:9.1f} MiB")
-        print(f"  bare  after build       {memory['bare_peak_rss_after_build_mib']:9.1f} MiB")
-        print(f"  bare  after generate    {memory['bare_peak_rss_mib']:9.1f} MiB")
-        net = memory["ratio_ours_over_bare_net_of_imports"]
-        print(
-            f"  ratio ours/bare         {memory['ratio_ours_over_bare']:9.3f}"
-            + (f"   (net of imports: {net:.3f})" if net is not None else "")
-        )
+        print("peak memory (peak RSS = VmHWM, fresh subprocess per side)")
+        print(f"  imports only (peak)              {memory['imports_only_peak_rss_mib']:9.1f} MiB")
+        print(f"  ours  peak after build           {memory['ours_peak_rss_after_build_mib']:9.1f} MiB")
+        print(f"  ours  peak, whole process        {memory['ours_peak_rss_mib']:9.1f} MiB")
+        print(f"  bare  peak after build           {memory['bare_peak_rss_after_build_mib']:9.1f} MiB")
+        print(f"  bare  peak, whole process        {memory['bare_peak_rss_mib']:9.1f} MiB")
+        print(f"  ratio ours/bare (whole process)  {memory['ratio_ours_over_bare']:9.3f}")
+        if memory.get("ours_build_generate_mib") is not None:
+            net = memory["ratio_ours_over_bare_build_generate"]
+            print(
+                f"  build+generate only (peak - RSS after imports): ours {memory['ours_build_generate_mib']:.1f} MiB, "
+                f"bare {memory['bare_build_generate_mib']:.1f} MiB, ratio "
+                + (f"{net:.3f}" if net is not None else "n/a")
+                + ("" if memory["peak_reset"] else "  (peak reset unsupported: includes the import peak)")
+            )
         print(
             "  note: ours includes the frozen CLAP/vision encoders, the EnCodec codec, the projectors and the NAR "
             "head (all tiny here) on top of the same language model; tracemalloc is not adequate for torch "
@@ -475,6 +536,7 @@ def main(argv=None) -> dict | None:
         return None
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     config = build_config(args)
     model = build_ours(config, args.seed)
     bare = build_bare(config, args.seed, weights_from=model)
@@ -483,6 +545,7 @@ def main(argv=None) -> dict | None:
 
     timings = [time_batch(model, bare, config, args, batch) for batch in args.batch_sizes]
     del model, bare
+    load_after_timing = os.getloadavg() if hasattr(os, "getloadavg") else None
     memory = None if args.no_memory else measure_memory(args)
 
     nar = config.nar_config
@@ -517,6 +580,9 @@ def main(argv=None) -> dict | None:
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "attn_implementation": attn,
+            # 1-minute load average before/after the timed runs: above --threads means other work shared the CPUs
+            "loadavg_1m_before": load_before[0] if load_before else None,
+            "loadavg_1m_after": load_after_timing[0] if load_after_timing else None,
         },
         "parameters": params,
         "timings": timings,

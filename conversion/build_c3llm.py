@@ -69,6 +69,9 @@ def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should be an ordinary folder
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         if out_dir.exists():

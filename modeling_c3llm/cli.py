@@ -237,6 +237,10 @@ def run_task(
         raise CLIError(f"--max-new-tokens applies to text tasks; task {task!r} makes audio, use --seconds.")
     if output_kind == "text" and seconds is not None:
         raise CLIError(f"--seconds applies to audio tasks; task {task!r} makes text, use --max-new-tokens.")
+    if output_kind == "audio" and seconds is not None:
+        limit = 10 * float(model.config.max_audio_seconds)  # what C3LLMForConditionalGeneration.generate accepts
+        if seconds > limit:
+            raise CLIError(f"--seconds must be at most {limit:g} for this model, got {seconds:g}.")
     if greedy and (temperature is not None or top_k is not None):
         raise CLIError("--greedy picks the most likely token; it cannot be combined with --temperature or --top-k.")
 
@@ -295,7 +299,8 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise CLIError(str(e)) from e
     parameters = sum(p.numel() for p in model.parameters())
     print(
-        f"built the tiny random C3LLM ({parameters / 1e6:.2f} M parameters, {args.num_codebooks} codebooks, "
+        f"built the tiny random C3LLM ({parameters / 1e6:.2f} M parameters, {args.num_codebooks} "
+        f"codebook{'s' if args.num_codebooks != 1 else ''}, "
         f"seed {args.seed}) in {out} ({time.perf_counter() - start:.1f} s)"
     )
     return 0
@@ -455,7 +460,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text and action.option_strings:
+        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if not hidden and "%(default)" not in help_text and action.option_strings:
             help_text += " (default: %(default)s)"
         return help_text
 
@@ -535,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate",
         help="run one task from input files",
-        description="Run one C3LLM task from input files and write a WAV (audio tasks) or a UTF-8 text file "
+        description="Run one C3LLM task from input files and write a WAV (audio tasks) or a UTF-8 text file\n"
         "(text tasks), then print a one-line summary.",
         epilog=GENERATE_EPILOG,
         formatter_class=_HelpFormatter,
@@ -571,8 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run every task on a tiny random model, offline",
-        description="Build the tiny random model, synthesise inputs (WAV, MP4, PNG), run every task through the same "
-        "code as `generate` and print a summary table. Needs no network and no downloaded weights.",
+        description="Build the tiny random model, synthesise inputs (WAV, MP4, PNG), run every task through the\n"
+        "same code as `generate` and print a summary table. Needs no network and no downloaded weights.",
         epilog=DEMO_EPILOG,
         formatter_class=_HelpFormatter,
     )

@@ -506,10 +506,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             if audio_length_in_s is not None:
                 if not 0 < audio_length_in_s <= 10 * config.max_audio_seconds:
                     raise ValueError(f"audio_length_in_s must be in (0, {10 * config.max_audio_seconds}], got {audio_length_in_s}.")
-                frames = max(1, round(audio_length_in_s * config.frame_rate))
+                frames = max(1, math.ceil(audio_length_in_s * config.frame_rate - 1e-6))  # trimmed to exact length below
                 kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = frames
             else:
-                kwargs.setdefault("max_new_tokens", round(config.max_audio_seconds * config.frame_rate) + 1)
+                kwargs.setdefault("max_new_tokens", int(config.max_audio_seconds * config.frame_rate))
             kwargs["eos_token_id"] = config.audio_end_token_id
         elif audio_length_in_s is not None:
             raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")

@@ -120,6 +120,13 @@ def test_text_tasks_generate_decodable_ids(tiny, task_inputs, task):
     assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] or new.eq(processor.tokenizer.eos_token_id).any()
 
 
+@pytest.mark.parametrize("seconds", [0.3, 0.01, 1.0])
+def test_audio_length_is_exact_for_any_duration(tiny, seconds):
+    model, processor = tiny
+    out = model.generate(**processor(text="a bell"), audio_length_in_s=seconds, do_sample=False)
+    assert out.audio.shape[-1] == round(seconds * 24000) == int(out.audio_lengths[0])
+
+
 def test_generation_is_reproducible_under_a_seed(tiny):
     model, processor = tiny
     inputs = processor(text="rain on a roof")

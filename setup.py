@@ -1,0 +1,59 @@
+"""Packaging of c3llm: the model (modeling_c3llm), its processor (processing_c3llm), the folder builder (conversion)
+and the `c3llm` command line.
+
+    python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]"
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+
+
+# Every version pin of the project lives here, each with its reason. Unpinned packages take any release that pip's
+# resolver finds compatible; the versions in the development venv are the known-good ones (see README "Install").
+PINNED = [
+    # The CPU build of torch 2.13.0 lies on disk on the project's machines (pip takes it offline); any other version
+    # pulls a multi-GB CUDA build. A later issue may move to 2.9.1 for torchaudio/encodec.
+    "torch==2.13.0",
+    # The code uses transformers v5 APIs: PreTrainedConfig, ProcessorMixin's attribute inference,
+    # AutoModelForMultimodalLM, CLIPImageProcessorPil.
+    "transformers==5.23.0",
+    # laion-clap 1.1.7 (a later issue) needs numpy<2; keeping numpy 1.x now avoids a later downgrade.
+    "numpy<2",
+    # opencv-python-headless 4.12 and newer (5.x included) require numpy>=2 on Python >= 3.9, which clashes with the
+    # numpy<2 pin above; 4.11.0.86 is the newest release that accepts numpy 1.x.
+    "opencv-python-headless<4.12",
+    # PyAV: no upper pin. av 19 requires Python >= 3.12 and does not depend on numpy, so it cannot clash with numpy<2
+    # (checked in av 19.0.2's wheel metadata); on Python 3.11 pip picks av 18.x.
+    "av",
+]
+
+REQUIRED = [
+    "safetensors",  # model.safetensors is read and written through transformers
+    "huggingface-hub",  # offline mode (HF_HUB_OFFLINE) and folder loading through transformers
+    # The training and evaluation stack: not imported by the code yet, installed so the venv matches the plan.
+    "accelerate",
+    "peft",
+    "datasets",
+    "evaluate",
+    "soundfile",  # WAV/FLAC reading and writing
+    "scipy",  # polyphase resampling
+    "pillow",  # images
+    "tqdm",  # the demo's progress bar
+]
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="c3llm",
+    version="0.1.0",
+    description="C3LLM (arXiv 2405.16136): one LLM for text/video/image-to-audio and audio/video-to-text, "
+    "as a Hugging Face Hub-compatible model package",
+    long_description=README.read_text(encoding="utf-8") if README.is_file() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["modeling_c3llm", "processing_c3llm", "conversion"],
+    install_requires=PINNED + REQUIRED,
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["c3llm=modeling_c3llm.cli:main"]},
+)

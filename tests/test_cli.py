@@ -1,0 +1,256 @@
+"""End-to-end tests of the `c3llm` command line, run as real subprocesses on real files."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from processing_c3llm.processing_c3llm import TASKS
+
+
+ROOT = Path(__file__).parents[1]
+CODEC_RATE = 24000
+
+
+def run_cli(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "modeling_c3llm.cli", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_usage_error(result, *needles):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """The tiny random model, built once through `c3llm build --tiny`."""
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    result = run_cli("build", "--tiny", "--out", out, "--seed", 0)
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def stereo_wav(tmp_path_factory):
+    """1 s of 440 Hz at 44.1 kHz, stereo: the processor must resample and downmix it."""
+    path = tmp_path_factory.mktemp("audio") / "tone_44k1_stereo.wav"
+    t = np.arange(44100) / 44100
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    sf.write(path, np.stack([tone, 0.5 * tone], axis=1), 44100, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_mp4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "square.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(8):
+            frame = np.full((32, 32, 3), 20, dtype=np.uint8)
+            frame[8:18, 2 * i : 2 * i + 10] = 220
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("image") / "checker.png"
+    checker = (np.indices((32, 32)).sum(axis=0) // 4 % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.stack([checker] * 3, axis=-1)).save(path)
+    return path
+
+
+HELP_FLAGS = {
+    "build": ["--tiny", "--out", "--seed", "--num-codebooks"],
+    "generate": [
+        "--model", "--task", "--text", "--audio", "--video", "--image", "--video-features", "--seconds",
+        "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--out",
+    ],
+    "demo": ["--out", "--seconds", "--seed"],
+}  # fmt: skip
+
+
+def test_top_level_help_lists_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in HELP_FLAGS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", sorted(HELP_FLAGS))
+def test_subcommand_help_mentions_every_flag(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "examples:" in result.stdout
+    for flag in HELP_FLAGS[command]:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), f"{flag} missing from {command} --help"
+    if command == "generate":
+        for task in TASKS:
+            assert task in result.stdout
+
+
+def test_build_tiny_writes_a_model_folder(model_dir):
+    for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json"):
+        assert (model_dir / name).is_file(), name
+
+
+def test_build_without_tiny_explains_it_is_not_implemented(tmp_path):
+    result = run_cli("build", "--out", tmp_path / "m")
+    assert_usage_error(result, "not implemented", "--tiny")
+    assert not (tmp_path / "m").exists()
+
+
+def test_build_refuses_a_non_empty_folder(model_dir):
+    result = run_cli("build", "--tiny", "--out", model_dir)
+    assert_usage_error(result, "c3llm: error:", "not an empty folder")
+
+
+def test_generate_text_to_audio_writes_a_wav_of_the_requested_length(model_dir, tmp_path):
+    seconds = 1.0
+    out = tmp_path / "dog.wav"
+    result = run_cli("generate", "--model", model_dir, "--task", "text-to-audio", "--text", "a dog barks",
+                     "--seconds", seconds, "--seed", 1, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out, always_2d=True)
+    assert rate == CODEC_RATE
+    assert audio.shape[0] == round(seconds * CODEC_RATE)
+    assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    summary = result.stdout.strip().splitlines()
+    assert len(summary) == 1 and "text-to-audio" in summary[0] and str(out) in summary[0]
+    assert f"{seconds:.2f} s" in summary[0]
+
+
+def test_generate_audio_to_text_from_44k1_stereo_wav(model_dir, stereo_wav, tmp_path):
+    out = tmp_path / "caption.txt"
+    result = run_cli("generate", "--model", model_dir, "--task", "audio-to-text", "--audio", stereo_wav,
+                     "--max-new-tokens", 12, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    text = out.read_text(encoding="utf-8").strip()
+    assert text
+    assert "audio-to-text" in result.stdout and str(out) in result.stdout
+    assert not list(tmp_path.glob(".*.tmp")), "the temp file of the atomic write was left behind"
+
+
+def test_generate_video_and_image_tasks(model_dir, video_mp4, image_png, tmp_path):
+    result = run_cli("generate", "--model", model_dir, "--task", "video-text-to-audio", "--video", video_mp4,
+                     "--text", "rain", "--seconds", 0.5, "--greedy", "--out", tmp_path / "v.wav")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sf.info(tmp_path / "v.wav").frames == CODEC_RATE // 2
+    result = run_cli("generate", "--model", model_dir, "--task", "image-to-audio", "--image", image_png,
+                     "--seconds", 0.5, "--temperature", 0.8, "--top-k", 20, "--out", tmp_path / "i.wav")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sf.info(tmp_path / "i.wav").frames == CODEC_RATE // 2
+
+
+def test_generate_video_to_audio_from_precomputed_features(model_dir, tmp_path):
+    import json
+
+    width = 2 * json.loads((model_dir / "config.json").read_text())["vision_config"]["hidden_size"]
+    features = tmp_path / "features.npy"
+    np.save(features, np.random.default_rng(0).normal(size=(4, width)).astype(np.float32))
+    result = run_cli("generate", "--model", model_dir, "--task", "video-to-audio", "--video-features", features,
+                     "--seconds", 0.5, "--out", tmp_path / "f.wav")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sf.info(tmp_path / "f.wav").frames == CODEC_RATE // 2
+
+    np.save(features, np.zeros((4, width + 1), dtype=np.float32))
+    result = run_cli("generate", "--model", model_dir, "--task", "video-to-audio", "--video-features", features,
+                     "--out", tmp_path / "g.wav")  # fmt: skip
+    assert_usage_error(result, "c3llm: error:", "video_features")
+
+
+@pytest.mark.parametrize(
+    ("task", "flag"),
+    [("text-to-audio", "--text"), ("audio-to-text", "--audio"), ("image-text-to-audio", "--image")],
+)  # fmt: skip
+def test_generate_missing_input_names_the_flag(model_dir, tmp_path, task, flag):
+    args = ["--text", "hello"] if task == "image-text-to-audio" else []
+    out = tmp_path / ("out.txt" if TASKS[task][1] == "text" else "out.wav")
+    result = run_cli("generate", "--model", model_dir, "--task", task, *args, "--out", out)
+    assert_usage_error(result, "c3llm: error:", flag)
+    assert not out.exists()
+
+
+def test_generate_rejects_an_input_the_task_does_not_take(model_dir, video_mp4, tmp_path):
+    result = run_cli("generate", "--model", model_dir, "--task", "video-to-audio", "--video", video_mp4,
+                     "--text", "rain", "--out", tmp_path / "x.wav")  # fmt: skip
+    assert_usage_error(result, "c3llm: error:", "--text", "-text-")
+
+
+def test_generate_unknown_task_is_an_argparse_error(model_dir, tmp_path):
+    result = run_cli("generate", "--model", model_dir, "--task", "audio-to-video", "--out", tmp_path / "x.wav")
+    assert_usage_error(result, "invalid choice", "text-to-audio")
+
+
+def test_generate_missing_input_file(model_dir, tmp_path):
+    missing = tmp_path / "nope.png"
+    result = run_cli("generate", "--model", model_dir, "--task", "image-to-audio", "--image", missing,
+                     "--out", tmp_path / "x.wav")  # fmt: skip
+    assert_usage_error(result, "c3llm: error:", "--image", str(missing))
+
+
+def test_generate_corrupt_wav_is_a_clean_error(model_dir, tmp_path):
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot really audio")
+    out = tmp_path / "x.txt"
+    result = run_cli("generate", "--model", model_dir, "--task", "audio-to-text", "--audio", corrupt, "--out", out)
+    assert_usage_error(result, "c3llm: error:", str(corrupt))
+    assert not out.exists()
+
+
+def test_generate_missing_model_folder(tmp_path):
+    result = run_cli("generate", "--model", tmp_path / "none", "--task", "text-to-audio", "--text", "x",
+                     "--out", tmp_path / "x.wav")  # fmt: skip
+    assert_usage_error(result, "c3llm: error:", "--model")
+
+
+def test_demo_runs_every_task(tmp_path):
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", out, "--seconds", 0.5)
+    assert result.returncode == 0, result.stderr
+    outputs = sorted(p.name for p in (out / "outputs").iterdir())
+    expected = sorted(f"{task}.{'wav' if kind == 'audio' else 'txt'}" for task, (_, kind) in TASKS.items())
+    assert outputs == expected and len(outputs) == 7
+    for task, (_, kind) in TASKS.items():
+        assert re.search(rf"^{re.escape(task)}\s+\S+{re.escape(task)}\.(wav|txt)\s+\S", result.stdout, re.M), task
+        if kind == "audio":
+            audio, rate = sf.read(out / "outputs" / f"{task}.wav")
+            assert rate == CODEC_RATE and len(audio) == CODEC_RATE // 2 and np.isfinite(audio).all()
+    assert "7 tasks" in result.stdout
+    assert "tasks: 100%" in result.stderr  # the tqdm bar
+    info = sf.info(out / "inputs" / "sine_440hz_44k1_stereo.wav")
+    assert (info.samplerate, info.channels) == (44100, 2)
+    assert (out / "model" / "model.safetensors").is_file()
+
+    rerun = run_cli("demo", "--out", out, "--seconds", 0.5)  # a previous demo folder is replaced, not refused
+    assert rerun.returncode == 0, rerun.stderr
+
+
+def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli("demo", "--out", tmp_path)
+    assert_usage_error(result, "c3llm: error:", "not empty")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
