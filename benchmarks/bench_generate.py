@@ -13,7 +13,7 @@ What is compared
   have the same width) and the same weights (the C3LLM's ``language_model`` state dict), forced to produce the same
   number of new tokens.
 
-Runs are interleaved (ours, NAR/codec, bare, ours, ...) in one process after one warm-up each; the median over
+Runs are interleaved (ours, NAR/codec, bare, then bare, ours, NAR/codec, ...) in one process after one warm-up each; the median over
 ``--repeats`` is reported. Peak memory (peak RSS, ``ru_maxrss``) is measured in fresh subprocesses, one per side,
 because tracemalloc does not see the allocations torch makes in C++.
 
@@ -280,9 +280,12 @@ def time_batch(model, bare, config, args, batch: int) -> dict:
     full, nar, llm, plain = [], [], [], []
     for r in tqdm(range(args.repeats), desc=f"batch {batch}", unit="repeat", file=sys.stderr, leave=False):
         seed = args.seed + 1 + r
+        if r % 2 == 1:  # alternate which side goes first, so that neither always runs right after the other
+            t_bare = run_bare(bare, input_ids, attention_mask, args.tokens, seed)
         t_full, out = run_ours(model, input_ids, attention_mask, args.tokens, frame_rate, seed)
         t_nar = run_nar_codec(model, out, input_ids, attention_mask)
-        t_bare = run_bare(bare, input_ids, attention_mask, args.tokens, seed)
+        if r % 2 == 0:
+            t_bare = run_bare(bare, input_ids, attention_mask, args.tokens, seed)
         full.append(t_full)
         nar.append(t_nar)
         llm.append(t_full - t_nar)
@@ -451,6 +454,13 @@ def print_report(summary: dict) -> None:
         f"attn={env['attn_implementation']['ours']}/{env['attn_implementation']['bare']}, repeats={cfg['repeats']} (median), "
         f"{cfg['tokens']} coarse tokens = {cfg['tokens'] / cfg['frame_rate']:.2f} s audio, top_k=50 sampling"
     )
+    loads = [v for v in (env["loadavg_1m_before"], env["loadavg_1m_after"]) if v is not None]
+    if loads and max(loads) > env["threads"] + 0.5:
+        print(
+            f"warning: the 1-minute load average reached {max(loads):.2f} with {env['threads']} threads requested: other "
+            "processes shared the CPUs, so absolute times are inflated and noisy (runs are interleaved, so the ratios "
+            "are less affected)."
+        )
     print()
     header = (
         f"{'batch':>5} | {'ours full':>10} | {'ours NAR+codec':>14} | {'ours LLM stage':>14} | {'bare':>10} | "

@@ -419,11 +419,14 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
                 video_features=video_features,
                 video_frames_mask=video_frames_mask,
             )
-        if attention_mask is None:
-            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        if position_ids is None:
+        batch, length = inputs_embeds.shape[:2]
+        if position_ids is None and attention_mask is not None:
             # Left padding: positions count real tokens only, so padded and unpadded prompts see the same positions.
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        elif position_ids is None:
+            # No mask (generate drops an all-ones mask): positions continue after the cached tokens.
+            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -447,7 +450,8 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
                 raise ValueError("`audio_codes` needs `labels` too: the NAR condition is the unlabelled prompt.")
             has_audio = (audio_codes[:, 0] >= 0).any(-1)
             if has_audio.any():
-                condition_mask = attention_mask.bool() & (labels == -100)
+                attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
+                condition_mask = attended & (labels == -100)
                 nar_loss = self.compute_nar_loss(
                     inputs_embeds[has_audio], condition_mask[has_audio], audio_codes[has_audio]
                 )
