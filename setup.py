@@ -23,6 +23,9 @@ PINNED = [
     # opencv-python-headless 4.12 and newer (5.x included) require numpy>=2 on Python >= 3.9, which clashes with the
     # numpy<2 pin above; 4.11.0.86 is the newest release that accepts numpy 1.x.
     "opencv-python-headless<4.12",
+    # pyarrow 26 refuses numpy 1.x at import ("requires NumPy 2.0 or newer"); datasets 5.2 needs pyarrow>=24, and
+    # 25.0.1 imports and runs with numpy 1.26.
+    "pyarrow<26",
     # PyAV: no upper pin. av 19 requires Python >= 3.12 and does not depend on numpy, so it cannot clash with numpy<2
     # (checked in av 19.0.2's wheel metadata); on Python 3.11 pip picks av 18.x.
     "av",

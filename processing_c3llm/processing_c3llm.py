@@ -176,7 +176,8 @@ class C3LLMProcessor(ProcessorMixin):
             "audio_codes": _as_batch(audio_codes, (np.ndarray, torch.Tensor)),
         }
         if inputs["video"] is not None and inputs["video_features"] is not None:
-            raise ValueError("Pass either `videos` or `video_features`, not both.")
+            if any(v is not None and f is not None for v, f in zip(inputs["video"], inputs["video_features"])):
+                raise ValueError("Pass either `videos` or `video_features` for an example, not both.")
         sizes = {name: len(value) for name, value in inputs.items() if value is not None}
         if not sizes:
             raise ValueError("C3LLMProcessor needs at least one of text, audio, videos, video_features or images.")
