@@ -183,6 +183,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
     """
 
     _frozen_modules = ("codec", "audio_encoder", "vision_encoder")
+    # No tied weights of its own; a dict (not None) lets PEFT find the language model's tied lm_head/embed_tokens.
+    _tied_weights_keys = {}
+    # The loss is a per-batch mean: a plain Trainer must not rescale it by `num_items_in_batch`.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: C3LLMConfig):
         super().__init__(config)

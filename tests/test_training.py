@@ -1,0 +1,495 @@
+"""Training recipes: what each stage trains, overfitting, adapter/merged round trips, resume, DDP and checkpointing."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from datasets import Dataset
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor, TrainerCallback
+
+from modeling_c3llm import C3LLMForConditionalGeneration
+from modeling_c3llm.training_c3llm import (
+    C3LLMTrainingArguments,
+    DataArguments,
+    ModelArguments,
+    main,
+    parse_args,
+    prepare_model,
+    run_training,
+)
+from processing_c3llm.collator_c3llm import C3LLMDataCollator
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "modeling_c3llm" / "recipes"
+TRAINABLE_MARKERS = ("lora_", "trainable_tokens_delta", "modules_to_save")
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_media")
+    t = np.arange(16000) / 16000
+    sf.write(root / "tone.wav", 0.5 * np.sin(2 * np.pi * 440 * t), 16000)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[4:20, 6:24] = (0, 200, 255)
+    Image.fromarray(image).save(root / "square.png")
+    return root
+
+
+def mixed_dataset(files: Path, seed: int = 0) -> Dataset:
+    """One example per kind of input: text, precomputed video features, a real WAV (audio-to-text) and an image."""
+    rng = np.random.default_rng(seed)
+    codes = lambda: rng.integers(0, 1024, (2, 6)).tolist()  # noqa: E731
+    return Dataset.from_dict(
+        {
+            "id": ["t", "v", "a", "i"],
+            "task": ["text-to-audio", "video-to-audio", "audio-to-text", "image-to-audio"],
+            "caption": ["a dog barks", "a drum", "rain falls", "a bell"],
+            "audio_codes": [codes(), codes(), None, codes()],
+            "video_features": [None, rng.normal(size=(5, 64)).astype(np.float32).tolist(), None, None],
+            "audio_path": [None, None, str(files / "tone.wav"), None],
+            "image_path": [None, None, None, str(files / "square.png")],
+        }
+    )
+
+
+def text_video_dataset(n: int = 4, seed: int = 1) -> Dataset:
+    rng = np.random.default_rng(seed)
+    return Dataset.from_dict(
+        {
+            "task": ["text-to-audio", "video-to-audio"] * (n // 2),
+            "caption": ["a dog barks", "a drum"] * (n // 2),
+            "audio_codes": [rng.integers(0, 1024, (2, 5)).tolist() for _ in range(n)],
+            "video_features": [
+                None if i % 2 == 0 else rng.normal(size=(4, 64)).astype(np.float32).tolist() for i in range(n)
+            ],
+        }
+    )
+
+
+def train_args(output_dir, **overrides) -> C3LLMTrainingArguments:
+    defaults = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+        dataloader_num_workers=0,
+    )
+    return C3LLMTrainingArguments(**{**defaults, **overrides})
+
+
+class Snapshot(TrainerCallback):
+    """Parameters (and which train) at the start and end of training; optionally the end model's logits on `batch`."""
+
+    def __init__(self, batch=None):
+        self.batch, self.before, self.after, self.trainable, self.logits = batch, {}, {}, set(), None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        if self.batch is not None:
+            with torch.no_grad():
+                self.logits = model.eval()(**self.batch).logits
+
+    def changed(self) -> set[str]:
+        return {n for n in self.before if not torch.equal(self.before[n], self.after[n])}
+
+
+def log_history(output_dir) -> list[dict]:
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- stage 1 ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stage1(tiny_folder, data_files, tmp_path_factory):
+    """Overfits the tiny model on one fixed batch of four tasks for 30 stage-1 steps."""
+    out = tmp_path_factory.mktemp("stage1")
+    dataset = mixed_dataset(data_files)
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    batch = C3LLMDataCollator(processor)(list(dataset))
+    snapshot = Snapshot(batch)
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=1, lora_r=4, lora_alpha=8)
+    args = train_args(out, max_steps=30, train_sampling_strategy="sequential", eval_strategy="steps", eval_steps=15)
+    metrics = run_training(model_args, DataArguments(), args, train_dataset=dataset, eval_dataset=dataset,
+                           callbacks=[snapshot])
+    return {"out": out, "metrics": metrics, "snapshot": snapshot, "batch": batch, "processor": processor,
+            "dataset": dataset}
+
+
+def test_stage1_trains_only_lora_token_rows_and_projectors(stage1, tiny_folder):
+    snap = stage1["snapshot"]
+    expected = {n for n in snap.before if any(marker in n for marker in TRAINABLE_MARKERS)}
+    assert snap.trainable == expected
+    assert snap.changed() == expected  # every LoRA matrix, the new rows and all three projectors moved; nothing else
+    assert any("lora_A" in n for n in expected) and any("lora_B" in n for n in expected)
+    projectors = {n.split(".")[2] for n in expected if "modules_to_save" in n}
+    assert projectors == {"audio_projector", "video_projector", "image_projector"}
+    # LoRA only inside the language model, on attention and MLP projections.
+    lora = {n for n in expected if "lora_" in n}
+    assert all(n.startswith("base_model.model.language_model.") for n in lora)
+    assert {n.split(".")[-4] for n in lora} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"}
+
+    base = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)
+    merged = C3LLMForConditionalGeneration.from_pretrained(stage1["out"] / "merged")
+    offset = base.config.acoustic_token_offset
+    base_sd, merged_sd = base.state_dict(), merged.state_dict()
+    embed = "language_model.model.embed_tokens.weight"
+    assert torch.equal(merged_sd[embed][:offset], base_sd[embed][:offset])  # text rows untouched
+    assert (merged_sd[embed][offset:] - base_sd[embed][offset:]).abs().amax(-1).gt(0).float().mean() > 0.9
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight  # still tied
+    for name, value in base_sd.items():
+        if name.startswith(("codec.", "audio_encoder.", "vision_encoder.", "nar_head.")) or "norm" in name:
+            assert torch.equal(merged_sd[name], value), name
+    assert not torch.equal(merged_sd["language_model.model.layers.0.self_attn.q_proj.weight"],
+                           base_sd["language_model.model.layers.0.self_attn.q_proj.weight"])
+    assert merged.config.nar_loss_weight == base.config.nar_loss_weight == 1.0  # stage 1 trains with 0, saves 1
+
+
+def test_stage1_with_an_untied_backbone_trains_the_lm_head_rows_too():
+    from conversion.build_c3llm import tiny_config, tiny_tokenizer
+
+    config = tiny_config(len(tiny_tokenizer()))
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    model = prepare_model(C3LLMForConditionalGeneration(config), ModelArguments(stage=1, lora_r=4, lora_dropout=0.0))
+    deltas = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens_delta" in n]
+    assert [n.split(".")[-4] for n in deltas] == ["embed_tokens", "lm_head"]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "trainable_tokens_delta" in name or "lora_B" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    ids = torch.tensor([[2, 5, 9, config.acoustic_token_offset + 3, config.audio_start_token_id]])
+    with torch.no_grad():
+        adapted = model.eval()(input_ids=ids).logits
+        merged = model.merge_and_unload()(input_ids=ids).logits
+    assert torch.allclose(adapted, merged, atol=1e-5, rtol=0)
+
+
+def test_stage1_overfits_and_logs_losses_separately(stage1):
+    history = log_history(stage1["out"])
+    losses = [r["loss"] for r in history if "loss" in r]
+    assert len(losses) == 30
+    assert losses[0] > 6.0  # about ln(1109): an untrained vocabulary
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    assert losses[-1] < 4.0
+    train = [r for r in history if "loss" in r]
+    assert all(r["lm_loss"] == pytest.approx(r["loss"], abs=1e-4) for r in train)  # NAR weight 0: Eq. 1 only
+    nar = {round(r["nar_loss"], 4) for r in train}
+    assert len(nar) == 1  # the frozen NAR head's loss never moves
+    evals = [r for r in history if "eval_loss" in r]
+    assert len(evals) >= 2 and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert {"eval_lm_loss", "eval_nar_loss"} <= set(evals[-1])
+    metrics = stage1["metrics"]
+    assert metrics["eval_lm_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
+    assert Path(metrics["adapter_path"], "adapter_config.json").is_file()
+    assert Path(metrics["merged_path"], "model.safetensors").is_file()
+
+
+def test_adapter_round_trip_and_merged_model_match(stage1, tiny_folder):
+    from peft import PeftModel
+
+    batch, processor = stage1["batch"], stage1["processor"]
+    adapter = PeftModel.from_pretrained(C3LLMForConditionalGeneration.from_pretrained(tiny_folder),
+                                        stage1["out"] / "adapter").eval()
+    merged = C3LLMForConditionalGeneration.from_pretrained(stage1["out"] / "merged").eval()
+    with torch.no_grad():
+        adapter_logits, merged_logits = adapter(**batch).logits, merged(**batch).logits
+    assert torch.equal(adapter_logits, stage1["snapshot"].logits)  # saved and reloaded adapter = trained model
+    assert torch.allclose(merged_logits, adapter_logits, atol=1e-5, rtol=0)
+
+    prompts = processor(text=["a dog barks", "a bell"], task="text-to-audio")
+    audio = [m.generate(**prompts, audio_length_in_s=0.2, do_sample=False) for m in (adapter, merged)]
+    assert torch.equal(audio[0].audio_codes, audio[1].audio_codes)
+    caption = processor(audio=str(stage1["dataset"][2]["audio_path"]), task="audio-to-text")
+    text = [m.generate(**caption, max_new_tokens=6, do_sample=False) for m in (adapter, merged)]
+    assert torch.equal(text[0], text[1])
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys
+    for name in ("modeling_c3llm", "processing_c3llm", "conversion"):
+        sys.modules[name] = None  # the folder's own code must be enough
+    import json, torch
+    from transformers import AutoModel
+    folder, inputs = sys.argv[1], sys.argv[2]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    data = torch.load(inputs)
+    with torch.no_grad():
+        logits = model(**data["batch"]).logits
+    codes = model.generate(**data["prompts"], audio_length_in_s=0.2, do_sample=False).audio_codes
+    print(json.dumps({"logits_diff": float((logits - data["logits"]).abs().max()),
+                      "codes_equal": bool(torch.equal(codes, data["codes"])),
+                      "nar_loss_weight": model.config.nar_loss_weight}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_merged_folder_loads_in_fresh_process_without_the_package(stage1, tmp_path):
+    merged = C3LLMForConditionalGeneration.from_pretrained(stage1["out"] / "merged").eval()
+    batch = dict(stage1["batch"])
+    prompts = dict(stage1["processor"](text=["a dog barks"], task="text-to-audio"))
+    with torch.no_grad():
+        logits = merged(**batch).logits
+    codes = merged.generate(**prompts, audio_length_in_s=0.2, do_sample=False).audio_codes
+    torch.save({"batch": batch, "prompts": prompts, "logits": logits, "codes": codes}, tmp_path / "inputs.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(stage1["out"] / "merged"), str(tmp_path / "inputs.pt")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"logits_diff": 0.0, "codes_equal": True, "nar_loss_weight": 1.0}
+
+
+# ---- stage 2 ------------------------------------------------------------------------------------------------------
+def test_stage2_trains_only_the_nar_head(stage1, tiny_folder, data_files, tmp_path):
+    # From the tiny model plus the stage-1 adapter (merged on load), which must equal the stage-1 merged folder.
+    snapshot = Snapshot()
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=2,
+                                adapter_path=str(stage1["out"] / "adapter"))
+    metrics = run_training(model_args, DataArguments(), train_args(tmp_path, max_steps=3, learning_rate=1e-3),
+                           train_dataset=mixed_dataset(data_files), callbacks=[snapshot])
+    nar = {n for n in snapshot.before if n.startswith("nar_head.")}
+    assert snapshot.trainable == nar
+    assert snapshot.changed() == nar
+    stage1_merged = C3LLMForConditionalGeneration.from_pretrained(stage1["out"] / "merged").state_dict()
+    assert all(torch.equal(snapshot.before[n], stage1_merged[n]) for n in snapshot.before)
+    history = [r for r in log_history(tmp_path) if "loss" in r]
+    assert all(r["loss"] == pytest.approx(r["nar_loss"], abs=1e-4) for r in history)  # the objective is Eq. 2
+    assert metrics["adapter_path"] is None
+    saved = C3LLMForConditionalGeneration.from_pretrained(metrics["merged_path"]).state_dict()
+    assert all(torch.equal(saved[n], snapshot.after[n]) for n in snapshot.after)
+
+
+# ---- resume -------------------------------------------------------------------------------------------------------
+def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_folder, tmp_path):
+    dataset = text_video_dataset(4)
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=1, lora_r=4, lora_alpha=8)
+    common = dict(max_steps=6, per_device_train_batch_size=2, save_strategy="steps", save_steps=3, learning_rate=5e-3)
+    run_training(model_args, DataArguments(), train_args(tmp_path / "full", **common), train_dataset=dataset)
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
+    run_training(model_args, DataArguments(),
+                 train_args(tmp_path / "resumed", resume_from_checkpoint=str(checkpoint), **common),
+                 train_dataset=dataset)
+    full = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.allclose(full[name], resumed[name], atol=1e-6, rtol=0), name
+    losses = lambda run: [r["loss"] for r in log_history(tmp_path / run) if "loss" in r]  # noqa: E731
+    assert len(losses("full")) == 6 and losses("resumed") == losses("full")  # resumed history: restored + 3 new
+
+
+# ---- DDP ----------------------------------------------------------------------------------------------------------
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np, torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from modeling_c3llm.training_c3llm import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
+
+    folder, out, per_device = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rng = np.random.default_rng(0)
+    # Every example has the same number of target tokens and frames, so per-rank means average to the global mean.
+    dataset = Dataset.from_dict({
+        "task": ["text-to-audio"] * 8,
+        "caption": ["a dog barks", "a cat meows", "rain on tin", "a door slam"] * 2,
+        "audio_codes": [rng.integers(0, 1024, (2, 6)).tolist() for _ in range(8)],
+    })
+
+    class Keep(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if state.is_world_process_zero:
+                torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+                           os.path.join(out, "trainable.pt"))
+
+    args = C3LLMTrainingArguments(
+        output_dir=out, max_steps=2, per_device_train_batch_size=per_device, learning_rate=1e-2, logging_steps=1,
+        save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
+        dataloader_num_workers=0, dataloader_drop_last=True, train_sampling_strategy="sequential", ddp_backend="gloo",
+    )
+    run_training(ModelArguments(model_name_or_path=folder, stage=1, lora_r=4, lora_alpha=8, lora_dropout=0.0),
+                 DataArguments(), args, train_dataset=dataset, callbacks=[Keep()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tiny_folder, tmp_path):
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    runs = {
+        "single": [sys.executable, str(script), str(tiny_folder), str(tmp_path / "single"), "4"],
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), str(script), str(tiny_folder), str(tmp_path / "ddp"), "2"],
+    }
+    for name, command in runs.items():
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=400)
+        assert result.returncode == 0, f"{name}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    losses = {name: [(r["loss"], r["lm_loss"]) for r in log_history(tmp_path / name) if "loss" in r] for name in runs}
+    assert len(losses["single"]) == len(losses["ddp"]) == 2
+    assert np.allclose(losses["single"], losses["ddp"], atol=1e-5, rtol=0)
+    single = torch.load(tmp_path / "single" / "trainable.pt")
+    ddp = torch.load(tmp_path / "ddp" / "trainable.pt")
+    assert single.keys() == ddp.keys() and any("lora_" in n for n in single)
+    for name in single:
+        assert torch.allclose(single[name], ddp[name], atol=1e-5, rtol=0), name
+    state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["train_batch_size"] == 2
+
+
+# ---- activation checkpointing -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_folder, data_files, stage):
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    batch = C3LLMDataCollator(processor)(list(mixed_dataset(data_files)))
+    model = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)
+    model = prepare_model(model, ModelArguments(stage=stage, lora_r=4, lora_alpha=8, lora_dropout=0.0)).train()
+    # A module inside a checkpointed layer is entered again when backward recomputes the layer (the layer's own
+    # hooks stay outside the checkpoint; a pre-hook, since the recompute stops early once it has what it needs).
+    inner = "base_model.model.language_model.model.layers.0.self_attn" if stage == 1 else "nar_head.layers.0.qkv_proj"
+    calls = []
+    model.get_submodule(inner).register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        output = model(**batch, use_cache=False)
+        loss = output.loss if stage == 1 else output.nar_loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, len(calls)
+
+    plain_loss, plain_grads, plain_calls = loss_and_grads()
+    model.activation_checkpointing_enable()  # what Trainer calls for --gradient_checkpointing
+    checkpointed_loss, checkpointed_grads, checkpointed_calls = loss_and_grads()
+    assert checkpointed_calls == 2 * plain_calls  # really recomputed in backward
+    assert torch.allclose(checkpointed_loss, plain_loss, atol=1e-6, rtol=0)
+    assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        assert torch.allclose(checkpointed_grads[name], grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_trainer_with_gradient_checkpointing_matches_without(tiny_folder, tmp_path):
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=1, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    runs = {}
+    for flag in (False, True):
+        args = train_args(tmp_path / str(flag), max_steps=3, per_device_train_batch_size=2,
+                          train_sampling_strategy="sequential", gradient_checkpointing=flag)
+        assert args.activation_checkpointing is flag  # the deprecated name still maps onto the new one
+        seen = []
+
+        class Check(TrainerCallback):
+            def on_step_begin(self, args, state, control, model=None, **kwargs):
+                layers = model.get_base_model().language_model.model.layers
+                seen.append(all(layer.gradient_checkpointing for layer in layers) and model.training)
+
+        run_training(model_args, DataArguments(), args, train_dataset=text_video_dataset(4), callbacks=[Check()])
+        assert seen == [flag] * 3
+        runs[flag] = [r["loss"] for r in log_history(tmp_path / str(flag)) if "loss" in r]
+        runs[flag, "adapter"] = load_file(tmp_path / str(flag) / "adapter" / "adapter_model.safetensors")
+    assert np.allclose(runs[True], runs[False], atol=1e-6, rtol=0) and len(runs[True]) == 3
+    for name, value in runs[False, "adapter"].items():
+        assert torch.allclose(runs[True, "adapter"][name], value, atol=1e-6, rtol=0), name
+
+
+# ---- data loading and the command line -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_main_trains_from_an_audiocaps_folder(tiny_folder, tmp_path, capsys):
+    from processing_c3llm.synthfoley import write_audiocaps
+
+    data = tmp_path / "audiocaps"
+    write_audiocaps(data, 4, "train", seed=0, duration=1.0)
+    write_audiocaps(data, 2, "test", seed=0, duration=1.0)
+    out = tmp_path / "run"
+    config = tmp_path / "stage1.yaml"
+    config.write_text(f"model_name_or_path: {tiny_folder}\nstage: 1\nlora_r: 4\ndataset: audiocaps\n"
+                      f"data_dir: {data}\neval_split: test\ntasks: [text-to-audio, audio-to-text]\n"
+                      f"cache_dir: {tmp_path / 'cache'}\noutput_dir: {out}\nmax_steps: 2\nuse_cpu: true\n"
+                      "per_device_train_batch_size: 4\nlogging_steps: 1\nsave_strategy: 'no'\neval_strategy: steps\n"
+                      "eval_steps: 2\nreport_to: none\ndisable_tqdm: true\nlearning_rate: 1.0e-3\n")
+    assert main([str(config), "--max_train_examples", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "audiocaps/train: kept 4 of 4" in printed and "add_audio_codes" in printed
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    evals = [r for r in state["log_history"] if "eval_loss" in r]
+    assert evals and {"eval_lm_loss", "eval_nar_loss"} <= set(evals[-1])
+    assert (out / "merged" / "model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert "C3LLM stage 1 training done" in printed
+
+
+# ---- configuration --------------------------------------------------------------------------------------------------
+def test_recipes_parse_and_flags_override(tmp_path):
+    model_args, data_args, args = parse_args([str(RECIPES / "stage1.yaml")])
+    assert model_args.stage == 1 and model_args.lora_r == 16 and model_args.lora_alpha == 32
+    assert args.remove_unused_columns is False and args.learning_rate > 0
+    model_args, data_args, args = parse_args(
+        [str(RECIPES / "stage1.yaml"), "--max_steps", "7", "--lora_r", "4", "--output_dir", str(tmp_path)]
+    )
+    assert (args.max_steps, model_args.lora_r, args.output_dir) == (7, 4, str(tmp_path))
+    model_args, _, _ = parse_args([str(RECIPES / "stage2.yaml")])
+    assert model_args.stage == 2
+    (tmp_path / "c.yaml").write_text("model_name_or_path: m\nlearning_rate: 1e-4\ntasks: [text-to-audio]\n")
+    model_args, data_args, args = parse_args([str(tmp_path / "c.yaml")])
+    assert args.learning_rate == 1e-4 and data_args.tasks == ["text-to-audio"]  # YAML's "1e-4" string converted
+    (tmp_path / "bad.yaml").write_text("model_name_or_path: m\nlora_rank: 8\n")
+    with pytest.raises(SystemExit):
+        parse_args([str(tmp_path / "bad.yaml")])
+    (tmp_path / "c.json").write_text(json.dumps({"model_name_or_path": "m", "stage": 2, "output_dir": str(tmp_path)}))
+    model_args, _, args = parse_args([str(tmp_path / "c.json")])
+    assert (model_args.model_name_or_path, model_args.stage, args.bf16) == ("m", 2, torch.cuda.is_available())
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ddp = load_config_from_file(str(RECIPES / "accelerate_ddp.yaml"))
+    fsdp = load_config_from_file(str(RECIPES / "accelerate_fsdp.yaml"))
+    assert ddp.distributed_type.value == "MULTI_GPU" and fsdp.distributed_type.value == "FSDP"
+    assert "GemmaDecoderLayer" in fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+    assert fsdp.fsdp_config["fsdp_use_orig_params"] is True
+
+
+def test_main_help_and_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--stage" in out and "--lora_r" in out and "--dataset" in out
+    assert main(["--output_dir", str(tmp_path), "--use_cpu", "true"]) == 2
+    assert "--model_name_or_path is required" in capsys.readouterr().err
