@@ -57,8 +57,10 @@ class ModelArguments:
     stage: int = field(
         default=1,
         metadata={
-            "help": "1: LoRA on the LLM, the new token rows and the projectors (Eq. 1). 2: the NAR head only (Eq. 2).",
-            "choices": [1, 2],
+            "help": "1: LoRA on the LLM, the new token rows and the projectors (Eq. 1). 2: the NAR head only (Eq. 2). "
+            "0: everything but the frozen encoders and codec, jointly (Eq. 1 + Eq. 2), for a small backbone trained "
+            "from scratch such as the demo's.",
+            "choices": [0, 1, 2],
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (stage 1)."})
@@ -193,7 +195,8 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
     Sets up what trains. Stage 1 (paper 3.2) returns a `PeftModel`: LoRA on the language model's attention and MLP
     projections, the acoustic/special token rows of the (tied) embedding through PEFT's `trainable_token_indices`,
     the projectors fully trained (`modules_to_save`), and the NAR loss weight 0 (Eq. 1 only). Stage 2 (paper 3.3)
-    returns the model with everything frozen except `nar_head` (Eq. 2). Encoders and codec stay frozen in both.
+    returns the model with everything frozen except `nar_head` (Eq. 2). Stage 0 trains all but the encoders and codec
+    jointly (a backbone from scratch). Encoders and codec stay frozen in every stage.
     """
     config = model.config
     model.requires_grad_(False)
@@ -226,12 +229,14 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
                 "embedding only; C3LLMForConditionalGeneration needs `_tied_weights_keys = {}` for PEFT to find the "
                 "tie."
             )
+    elif model_args.stage == 0:
+        model.requires_grad_(True)
     elif model_args.stage == 2:
         if model.nar_head is None:
             raise ValueError("Stage 2 trains the NAR head, but this model has num_codebooks=1 and no NAR head.")
         model.nar_head.requires_grad_(True)
     else:
-        raise ValueError(f"stage must be 1 or 2, got {model_args.stage}.")
+        raise ValueError(f"stage must be 0, 1 or 2, got {model_args.stage}.")
     model.freeze_encoders()  # (a PeftModel forwards the call) frozen and in eval mode
     counts = trainable_parameter_counts(model)
     parts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("trainable", "total") and v)

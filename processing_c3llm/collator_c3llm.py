@@ -17,9 +17,10 @@ def example_to_inputs(example: dict[str, Any]) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"Example {example.get('id')!r} has unknown task {task!r}; choose one of {sorted(TASKS)}.")
     needs, output = TASKS[task]
+    description = example.get("caption") or example.get("label")  # VGGSound/VAS describe a clip by its label
     inputs: dict[str, Any] = {"task": task}
     if "text" in needs:
-        inputs["text"] = example.get("prompt") or example.get("caption")
+        inputs["text"] = example.get("prompt") or description
     if "audio" in needs:
         inputs["audio"] = example.get("audio_path")
     if "video" in needs:
@@ -30,7 +31,7 @@ def example_to_inputs(example: dict[str, Any]) -> dict[str, Any]:
     if "image" in needs:
         inputs["images"] = example.get("image") if example.get("image") is not None else example.get("image_path")
     if output == "text":
-        inputs["text_target"] = example.get("caption")
+        inputs["text_target"] = description
     else:
         if example.get("audio_codes") is None:
             raise ValueError(f"Example {example.get('id')!r} ({task}) has no `audio_codes`; run add_audio_codes first.")

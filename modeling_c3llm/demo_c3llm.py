@@ -1,0 +1,324 @@
+"""`c3llm demo`: generate SynthFoley, train a tiny C3LLM on every task, evaluate on held-out clips, write a report.
+
+Runs offline on a CPU in minutes. The codec is the small EnCodec trained on SynthFoley that ships in
+`conversion/synthfoley_codec`, so the decoded audio is real sound, and a DSP event detector measures what was learnt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    ClapAudioConfig,
+    ClapFeatureExtractor,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    EncodecConfig,
+    EncodecFeatureExtractor,
+    EncodecModel,
+    GemmaConfig,
+)
+
+from conversion.build_c3llm import assemble, save_folder, tiny_tokenizer
+
+from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
+
+
+CODEC_DIR = Path(__file__).resolve().parents[1] / "conversion" / "synthfoley_codec"
+ALL_TASKS = (
+    "text-to-audio",
+    "audio-to-text",
+    "video-to-audio",
+    "video-to-caption",
+    "video-text-to-audio",
+    "image-to-audio",
+    "image-text-to-audio",
+)
+CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
+                 "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and budgets of the demo (defaults fit in about ten minutes on two CPU cores)."""
+
+    train_clips: int = 300
+    test_clips: int = 40
+    clip_seconds: float = 2.0
+    max_steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    hidden_size: int = 128
+    layers: int = 4
+    seed: int = 0
+    codec_dir: str = str(CODEC_DIR)
+
+
+def demo_model(settings: DemoSettings):
+    """A small C3LLM whose codec is the SynthFoley EnCodec and whose tokenizer knows SynthFoley's caption words."""
+    if not (Path(settings.codec_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"No codec checkpoint in {settings.codec_dir}; train one with conversion/train_codec.py.")
+    tokenizer = tiny_tokenizer(CAPTION_WORDS)
+    codec = EncodecModel.from_pretrained(settings.codec_dir)
+    hidden = settings.hidden_size
+    text = GemmaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=settings.layers,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=hidden // 4, max_position_embeddings=512,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    )
+    audio = ClapAudioConfig(
+        hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], window_size=4,
+        spec_size=64, patch_size=4, patch_stride=[4, 4], num_mel_bins=16, projection_dim=16, projection_hidden_size=32,
+    )
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    nar = C3LLMNARConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden,
+                         dropout=0.0)
+    config = C3LLMConfig(
+        text_config=text, codec_config=codec.config.to_dict(), audio_config=audio, vision_config=vision, nar_config=nar,
+        num_codebooks=min(2, codec.config.num_quantizers), video_fps=10.0,
+        video_num_frames=round(10 * settings.clip_seconds), max_audio_seconds=settings.clip_seconds,
+    )
+    model, processor = assemble(
+        config,
+        tokenizer,
+        ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
+                             frequency_min=50, frequency_max=8000, truncation="rand_trunc"),
+        EncodecFeatureExtractor(feature_size=1, sampling_rate=config.sampling_rate),
+        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        seed=settings.seed,
+    )
+    model.codec.load_state_dict(codec.state_dict())
+    return model, processor
+
+
+def key_frame(video_path: str) -> np.ndarray:
+    """One picture of a clip for the image tasks: the brightest value of every pixel over the clip."""
+    from processing_c3llm.media_c3llm import load_video
+
+    frames, _ = load_video(video_path)
+    return frames.max(axis=0)
+
+
+def add_images(dataset, folder: Path):
+    """Writes a key frame PNG per video and adds its path as `image_path`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def add(example):
+        path = folder / f"{example['id']}.png"
+        if not path.exists():
+            Image.fromarray(key_frame(example["video_path"])).save(path)
+        return {"image_path": str(path)}
+
+    return dataset.map(add)
+
+
+def prepare_data(root: Path, model, processor, settings: DemoSettings):
+    """SynthFoley on disk, read back by the real loaders, preprocessed, one row per (clip, task)."""
+    from datasets import concatenate_datasets
+
+    from processing_c3llm import datasets_c3llm as data
+    from processing_c3llm.collator_c3llm import with_tasks
+    from processing_c3llm.synthfoley import write_synthfoley
+
+    if not (root / "audiocaps").is_dir():
+        write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed)
+    audio_tasks = [t for t in ALL_TASKS if "video" not in t and "image" not in t]
+    video_tasks = [t for t in ALL_TASKS if t not in audio_tasks]
+    audiocaps, _ = data.load_audiocaps(root / "audiocaps", "train")
+    vggsound, _ = data.load_vggsound(root / "vggsound", "train")
+    audiocaps, _ = data.add_audio_codes(audiocaps, model, processor)
+    vggsound, _ = data.add_audio_codes(vggsound, model, processor)
+    vggsound, _ = data.add_video_features(vggsound, model, processor)
+    vggsound = add_images(vggsound, root / "images")
+    columns = ["id", "task", "caption", "label", "audio_path", "video_path", "image_path", "audio_codes",
+               "video_features"]
+    pieces = []
+    for dataset, tasks in ((audiocaps, audio_tasks), (vggsound, video_tasks)):
+        dataset = with_tasks(dataset, tasks)
+        for column in columns:
+            if column not in dataset.column_names:
+                dataset = dataset.add_column(column, [None] * len(dataset))
+        pieces.append(dataset.select_columns(columns))
+    return concatenate_datasets(pieces).shuffle(seed=settings.seed)
+
+
+def train(model_dir: Path, dataset, out: Path, settings: DemoSettings) -> dict[str, Any]:
+    """One full training run (the tiny backbone starts random, so all of it trains: stage 0)."""
+    from .training_c3llm import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
+
+    args = C3LLMTrainingArguments(
+        output_dir=str(out), max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, lr_scheduler_type="cosine", warmup_steps=settings.max_steps // 20,
+        weight_decay=0.0, logging_steps=10, save_strategy="no", report_to=[], seed=settings.seed,
+        dataloader_num_workers=0, use_cpu=True, disable_tqdm=False,
+    )
+    return run_training(ModelArguments(model_name_or_path=str(model_dir), stage=0), DataArguments(), args,
+                        train_dataset=dataset)
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def evaluate(model, processor, root: Path, report: Path, batch_size: int = 8) -> dict[str, Any]:
+    """Held-out SynthFoley: captions name the right classes; generated audio holds the requested classes and its
+    onsets sit on the visual onsets (0.1 s)."""
+    from processing_c3llm import datasets_c3llm as data
+    from processing_c3llm.event_detector import event_classes, onsets
+    from processing_c3llm.media_c3llm import write_wav
+    from processing_c3llm.synthfoley import parse_caption
+
+    audiocaps, _ = data.load_audiocaps(root / "audiocaps", "test")
+    vggsound, _ = data.load_vggsound(root / "vggsound", "test")
+    sidecar = json.loads((root / "vggsound" / "synthfoley_test.json").read_text())
+    truth = {Path(item["file"]).name: item for item in sidecar.values()}
+    sr = model.config.sampling_rate
+    (report / "audio").mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"captions": [], "text_to_audio": [], "video_to_audio": []}
+    torch.manual_seed(0)
+    with tqdm(total=len(audiocaps) * 2 + len(vggsound), desc="evaluating") as bar:
+        for rows in _batches(list(audiocaps), batch_size):
+            inputs = processor(audio=[r["audio_path"] for r in rows], task="audio-to-text")
+            ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+            texts = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for row, text in zip(rows, texts):
+                results["captions"].append({"id": row["id"], "reference": row["caption"], "generated": text.strip()})
+            bar.update(len(rows))
+        for rows in _batches(list(audiocaps), batch_size):
+            inputs = processor(text=[r["caption"] for r in rows], task="text-to-audio")
+            out = model.generate(**inputs, audio_length_in_s=2.0, do_sample=True, top_k=20)
+            for row, wave in zip(rows, processor.decode_audio(out)):
+                path = report / "audio" / f"t2a_{row['id']}.wav"
+                write_wav(path, wave, sr)
+                results["text_to_audio"].append(
+                    {"id": row["id"], "caption": row["caption"], "detected": event_classes(wave[0], sr), "wav": str(path)}
+                )
+            bar.update(len(rows))
+        for rows in _batches(list(vggsound), batch_size):
+            inputs = processor(videos=[r["video_path"] for r in rows], task="video-to-audio")
+            out = model.generate(**inputs, audio_length_in_s=2.0, do_sample=True, top_k=20)
+            for row, wave in zip(rows, processor.decode_audio(out)):
+                path = report / "audio" / f"v2a_{row['id']}.wav"
+                write_wav(path, wave, sr)
+                visual = [e["onset"] for e in truth[Path(row["video_path"]).name]["events"]]
+                results["video_to_audio"].append(
+                    {"id": row["id"], "visual_onsets": visual, "generated_onsets": onsets(wave[0], sr).tolist(),
+                     "wav": str(path)}
+                )
+            bar.update(len(rows))
+
+    def names_right(item):
+        return set(parse_caption(item["generated"])) == set(parse_caption(item["reference"]))
+
+    def holds_requested(item):
+        return set(parse_caption(item["caption"])) <= set(item["detected"])
+
+    generated = [t for item in results["video_to_audio"] for t in item["generated_onsets"]]
+    synced = [t for item in results["video_to_audio"] for t in item["generated_onsets"]
+              if any(abs(t - v) <= 0.1 for v in item["visual_onsets"])]
+    results["metrics"] = {
+        "audio_to_text_class_accuracy": float(np.mean([names_right(i) for i in results["captions"]])),
+        "text_to_audio_class_accuracy": float(np.mean([holds_requested(i) for i in results["text_to_audio"]])),
+        "video_to_audio_onset_precision": len(synced) / len(generated) if generated else 0.0,
+        "video_to_audio_generated_onsets": len(generated),
+        "test_clips": len(audiocaps),
+    }
+    return results
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "lm_loss", "nar_loss"):
+        points = [(r["step"], r[key]) for r in log_history if key in r and "step" in r]
+        if points:
+            ax.plot(*zip(*points), label=key)
+    ax.set(xlabel="step", ylabel="cross-entropy", title="C3LLM demo training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(items), 1, figsize=(6, 1.8 * len(items)), squeeze=False)
+    for ax, (title, wave) in zip(axes[:, 0], items):
+        ax.specgram(wave, Fs=sampling_rate, NFFT=512, noverlap=384, cmap="magma")
+        ax.set_title(title, fontsize=8)
+        ax.set_ylim(0, 4000)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int) -> None:
+    from processing_c3llm.media_c3llm import load_audio
+
+    report = out / "report"
+    state = json.loads((out / "training" / "trainer_state.json").read_text())
+    plot_loss(state["log_history"], report / "loss_curve.png")
+    with open(report / "captions.txt", "w", encoding="utf-8") as f:
+        for item in results["captions"]:
+            f.write(f"{item['id']}\treference: {item['reference']}\tgenerated: {item['generated']}\n")
+    samples = [(f"text-to-audio: {i['caption']} -> detected {', '.join(i['detected']) or 'nothing'}",
+                load_audio(i["wav"], sampling_rate)) for i in results["text_to_audio"][:3]]
+    samples += [(f"video-to-audio: visual onsets {i['visual_onsets']}", load_audio(i["wav"], sampling_rate))
+                for i in results["video_to_audio"][:3]]
+    plot_spectrograms(samples, sampling_rate, report / "spectrograms.png")
+    metrics = {**results["metrics"], "train_loss": train_metrics.get("train_loss"),
+               "train_lm_loss": train_metrics.get("train_lm_loss"), "train_nar_loss": train_metrics.get("train_nar_loss")}
+    tmp = report / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, report / "metrics.json")
+    (report / "details.json").write_text(json.dumps(results, indent=2))
+
+
+def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> dict[str, Any]:
+    """The whole demo; returns the metrics also written to `out/report/metrics.json`."""
+    settings = settings or DemoSettings()
+    out = Path(out)
+    started = time.time()
+    torch.manual_seed(settings.seed)
+    model, processor = demo_model(settings)
+    for folder in ("model", "training", "report"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    save_folder(model, processor, out / "model")
+    dataset = prepare_data(out / "data", model, processor, settings)
+    train_metrics = train(out / "model", dataset, out / "training", settings)
+
+    from transformers import AutoModel, AutoProcessor
+
+    trained = AutoModel.from_pretrained(train_metrics["merged_path"]).eval()
+    trained_processor = AutoProcessor.from_pretrained(train_metrics["merged_path"])
+    results = evaluate(trained, trained_processor, out / "data", out / "report")
+    write_report(results, train_metrics, out, trained.config.sampling_rate)
+    metrics = results["metrics"]
+    minutes = (time.time() - started) / 60
+    print(f"\nC3LLM demo finished in {minutes:.1f} min; report in {out / 'report'}")
+    print(f"  audio-to-text: captions name the right event classes for {metrics['audio_to_text_class_accuracy']:.0%} of clips")
+    print(f"  text-to-audio: audio holds the requested classes for {metrics['text_to_audio_class_accuracy']:.0%} of prompts")
+    print(f"  video-to-audio: {metrics['video_to_audio_onset_precision']:.0%} of "
+          f"{metrics['video_to_audio_generated_onsets']} generated onsets within 0.1 s of a visual onset")
+    return metrics
