@@ -34,7 +34,7 @@ PINNED = [
 REQUIRED = [
     "safetensors",  # model.safetensors is read and written through transformers
     "huggingface-hub",  # offline mode (HF_HUB_OFFLINE) and folder loading through transformers
-    # The training and evaluation stack: not imported by the code yet, installed so the venv matches the plan.
+    # The training stack (Trainer recipes, LoRA, dataset loaders); evaluate is for the metrics of a later issue.
     "accelerate",
     "peft",
     "datasets",
@@ -42,7 +42,9 @@ REQUIRED = [
     "soundfile",  # WAV/FLAC reading and writing
     "scipy",  # polyphase resampling
     "pillow",  # images
-    "tqdm",  # the demo's progress bar
+    "tqdm",  # progress bars
+    "matplotlib",  # the demo report's loss curve and spectrogram pictures
+    "pyyaml",  # `c3llm train recipe.yaml`
 ]
 
 README = Path(__file__).with_name("README.md")
@@ -56,6 +58,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["modeling_c3llm", "processing_c3llm", "conversion"],
+    # The Trainer recipes and the SynthFoley codec checkpoint used by `c3llm demo`.
+    package_data={"modeling_c3llm": ["recipes/*.yaml"], "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors"]},
     install_requires=PINNED + REQUIRED,
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["c3llm=modeling_c3llm.cli:main"]},

@@ -1,10 +1,12 @@
-"""The `c3llm` command line: build a model folder, run one task from files, or run the offline demo.
+"""The `c3llm` command line: build a model folder, run one task from files, tour every task, train, or run the demo.
 
     c3llm build --tiny --out models/tiny
     c3llm generate --model models/tiny --task text-to-audio --text "a dog barks" --seconds 2 --out dog.wav
+    c3llm tour --out outputs/tour
+    c3llm train modeling_c3llm/recipes/stage1.yaml
     c3llm demo --out outputs/demo
 
-`generate` and `demo` share one code path (`run_task`), so the demo exercises exactly what `generate` does.
+`generate` and `tour` share one code path (`run_task`), so the tour exercises exactly what `generate` does.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from processing_c3llm.processing_c3llm import TASKS  # noqa: E402
 PROG = "c3llm"
 # CLI flag of each input a task can need (the keys of TASKS[task][0]).
 INPUT_FLAGS = {"text": "--text", "audio": "--audio", "video": "--video", "image": "--image"}
-DEMO_MARKER = ".c3llm-demo"
-DEMO_TEXTS = {
+TOUR_MARKER = ".c3llm-tour"
+TOUR_TEXTS = {
     "text-to-audio": "a dog barks in the rain",
     "video-text-to-audio": "footsteps on gravel",
     "image-text-to-audio": "birds singing at dawn",
@@ -118,7 +120,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-# ---- model loading and the one task runner shared by `generate` and `demo` ------------------------------------------
+# ---- model loading and the one task runner shared by `generate` and `tour` ------------------------------------------
 def load_model(model_dir: str | os.PathLike):
     """Loads a C3LLM folder with AutoModel/AutoProcessor (the package registers the Auto classes)."""
     import modeling_c3llm  # noqa: F401  (registers AutoModel)
@@ -334,8 +336,8 @@ def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
-# ---- demo -----------------------------------------------------------------------------------------------------------
-def _write_demo_audio(path: Path) -> None:
+# ---- tour -----------------------------------------------------------------------------------------------------------
+def _write_tour_audio(path: Path) -> None:
     """1 s of a 440 Hz sine at 44.1 kHz, stereo: the processor resamples to CLAP's rate and downmixes to mono."""
     rate = 44100
     t = np.arange(rate) / rate
@@ -343,7 +345,7 @@ def _write_demo_audio(path: Path) -> None:
     write_wav(path, np.stack([tone, 0.8 * tone]).astype(np.float32), rate)
 
 
-def _write_demo_video(path: Path, frames: int = 12, size: int = 32, fps: int = 10) -> None:
+def _write_tour_video(path: Path, frames: int = 12, size: int = 32, fps: int = 10) -> None:
     """A short MP4 (mpeg4, yuv420p): a bright square moving right over a dark background."""
     import av
 
@@ -366,7 +368,7 @@ def _write_demo_video(path: Path, frames: int = 12, size: int = 32, fps: int = 1
             tmp.unlink()
 
 
-def _write_demo_image(path: Path, size: int = 32) -> None:
+def _write_tour_image(path: Path, size: int = 32) -> None:
     """A 32x32 PNG: a colour gradient with a filled circle."""
     from PIL import Image
 
@@ -378,32 +380,32 @@ def _write_demo_image(path: Path, size: int = 32) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_demo_dir(out: Path) -> None:
-    """Accepts a new or empty folder, or one a previous demo made (its model/inputs/outputs are replaced)."""
+def _prepare_tour_dir(out: Path) -> None:
+    """Accepts a new or empty folder, or one a previous tour made (its model/inputs/outputs are replaced)."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder.")
     if out.exists() and any(out.iterdir()):
-        if not (out / DEMO_MARKER).is_file():
+        if not (out / TOUR_MARKER).is_file():
             raise CLIError(
-                f"--out {out} is not empty and was not made by `c3llm demo`; choose a new folder or remove it first."
+                f"--out {out} is not empty and was not made by `c3llm tour`; choose a new folder or remove it first."
             )
         for name in ("model", "inputs", "outputs"):
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("made by `c3llm demo`; running it again replaces model/, inputs/ and outputs/\n")
+    (out / TOUR_MARKER).write_text("made by `c3llm tour`; running it again replaces model/, inputs/ and outputs/\n")
 
 
-def demo_inputs(inputs_dir: Path) -> dict[str, TaskInputs]:
-    """Writes the demo's input files and returns the inputs of every task."""
+def tour_inputs(inputs_dir: Path) -> dict[str, TaskInputs]:
+    """Writes the tour's input files and returns the inputs of every task."""
     inputs_dir.mkdir(parents=True, exist_ok=True)
     audio, video, image = inputs_dir / "sine_440hz_44k1_stereo.wav", inputs_dir / "moving_square.mp4", inputs_dir / "gradient.png"
-    _write_demo_audio(audio)
-    _write_demo_video(video)
-    _write_demo_image(image)
+    _write_tour_audio(audio)
+    _write_tour_video(video)
+    _write_tour_image(image)
     files = {"audio": audio, "video": video, "image": image}
     tasks = {}
     for task, (needs, _) in TASKS.items():
-        tasks[task] = TaskInputs(text=DEMO_TEXTS.get(task) if "text" in needs else None,
+        tasks[task] = TaskInputs(text=TOUR_TEXTS.get(task) if "text" in needs else None,
                                  **{name: files[name] for name in needs if name != "text"})
     return tasks
 
@@ -415,18 +417,18 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def cmd_tour(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tqdm.auto import tqdm
 
     from conversion.build_c3llm import build_tiny
 
     start = time.perf_counter()
     out = Path(args.out)
-    _prepare_demo_dir(out)
+    _prepare_tour_dir(out)
     model_dir, outputs_dir = out / "model", out / "outputs"
     print(f"building the tiny random model in {model_dir} ...", flush=True)
     build_tiny(model_dir, seed=args.seed)
-    tasks = demo_inputs(out / "inputs")
+    tasks = tour_inputs(out / "inputs")
     outputs_dir.mkdir(parents=True, exist_ok=True)
     model, processor = load_model(model_dir)
 
@@ -445,7 +447,7 @@ def cmd_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         shown = f"{result.seconds:.2f} s audio" if result.seconds is not None else _shorten(result.text or "", 40)
         rows.append((result.task, os.fspath(result.output), shown))
     print(_table(rows))
-    print(f"demo done: {len(results)} tasks in {time.perf_counter() - start:.1f} s; outputs in {outputs_dir}")
+    print(f"tour done: {len(results)} tasks in {time.perf_counter() - start:.1f} s; outputs in {outputs_dir}")
     return 0
 
 
@@ -490,13 +492,14 @@ examples:
 Exit codes: 0 success, 2 invalid arguments or inputs (printed as 'c3llm: error: ...').
 """
 
-DEMO_EPILOG = """examples:
-  c3llm demo --out outputs/demo
-  c3llm demo --out outputs/demo --seconds 2 --seed 3
+TOUR_EPILOG = """examples:
+  c3llm tour --out outputs/tour
+  c3llm tour --out outputs/tour --seconds 2 --seed 3
 
 Layout: DIR/model (tiny random model), DIR/inputs (sine WAV at 44.1 kHz stereo, 12-frame MP4, PNG),
 DIR/outputs (one .wav or .txt per task). Running it again on the same DIR replaces those three folders.
-The model is random, so the audio is noise and the text gibberish: the demo checks the plumbing, not quality.
+The model is random, so the audio is noise and the text gibberish: the tour checks the plumbing, not quality;
+`c3llm demo` trains a small model that learns.
 """
 
 
@@ -506,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="C3LLM (arXiv 2405.16136): one LLM for text/video/image -> audio and audio/video -> text.",
         epilog="examples:\n  c3llm build --tiny --out models/tiny\n"
         "  c3llm generate --model models/tiny --task text-to-audio --text 'a dog barks' --out dog.wav\n"
+        "  c3llm tour --out outputs/tour\n  c3llm train modeling_c3llm/recipes/stage1.yaml\n"
         "  c3llm demo --out outputs/demo\n\nRun `c3llm COMMAND --help` for the flags of each command.",
         formatter_class=_HelpFormatter,
     )
@@ -574,24 +578,36 @@ def build_parser() -> argparse.ArgumentParser:
                           help="output file: .wav for audio tasks, a text file (e.g. .txt) for text tasks")
     generate.set_defaults(handler=cmd_generate, subparser=generate)
 
-    demo = commands.add_parser(
-        "demo",
+    tour = commands.add_parser(
+        "tour",
         help="run every task on a tiny random model, offline",
         description="Build the tiny random model, synthesise inputs (WAV, MP4, PNG), run every task through the\n"
         "same code as `generate` and print a summary table. Needs no network and no downloaded weights.",
-        epilog=DEMO_EPILOG,
+        epilog=TOUR_EPILOG,
         formatter_class=_HelpFormatter,
     )
-    demo.add_argument("--out", required=True, type=Path, metavar="DIR",
-                      help="folder for model/, inputs/ and outputs/ (new, empty, or from a previous demo)")
-    demo.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="length of each generated clip")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the model weights and of the sampling")
-    demo.set_defaults(handler=cmd_demo, subparser=demo)
+    tour.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="folder for model/, inputs/ and outputs/ (new, empty, or from a previous tour)")
+    tour.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="length of each generated clip")
+    tour.add_argument("--seed", type=int, default=0, help="random seed of the model weights and of the sampling")
+    tour.set_defaults(handler=cmd_tour, subparser=tour)
+
+    # `c3llm train ...` is handed to the training recipe's own HfArgumentParser (see main); listed here for --help.
+    commands.add_parser("train", help="fine-tune with the Trainer recipes (see `c3llm train --help`)", add_help=False)
+
+    from .demo_c3llm import add_demo_parser
+
+    add_demo_parser(commands, _HelpFormatter)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     _enable_offline_mode()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from .training_c3llm import main as train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()

@@ -89,7 +89,7 @@ HELP_FLAGS = {
         "--model", "--task", "--text", "--audio", "--video", "--image", "--video-features", "--seconds",
         "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--out",
     ],
-    "demo": ["--out", "--seconds", "--seed"],
+    "tour": ["--out", "--seconds", "--seed"],
 }  # fmt: skip
 
 
@@ -227,9 +227,9 @@ def test_generate_missing_model_folder(tmp_path):
     assert_usage_error(result, "c3llm: error:", "--model")
 
 
-def test_demo_runs_every_task(tmp_path):
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--out", out, "--seconds", 0.5)
+def test_tour_runs_every_task(tmp_path):
+    out = tmp_path / "tour"
+    result = run_cli("tour", "--out", out, "--seconds", 0.5)
     assert result.returncode == 0, result.stderr
     outputs = sorted(p.name for p in (out / "outputs").iterdir())
     expected = sorted(f"{task}.{'wav' if kind == 'audio' else 'txt'}" for task, (_, kind) in TASKS.items())
@@ -245,12 +245,12 @@ def test_demo_runs_every_task(tmp_path):
     assert (info.samplerate, info.channels) == (44100, 2)
     assert (out / "model" / "model.safetensors").is_file()
 
-    rerun = run_cli("demo", "--out", out, "--seconds", 0.5)  # a previous demo folder is replaced, not refused
+    rerun = run_cli("tour", "--out", out, "--seconds", 0.5)  # a previous tour folder is replaced, not refused
     assert rerun.returncode == 0, rerun.stderr
 
 
-def test_demo_refuses_a_foreign_non_empty_folder(tmp_path):
+def test_tour_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = run_cli("demo", "--out", tmp_path)
+    result = run_cli("tour", "--out", tmp_path)
     assert_usage_error(result, "c3llm: error:", "not empty")
     assert (tmp_path / "notes.txt").read_text() == "mine"
