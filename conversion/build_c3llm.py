@@ -107,12 +107,20 @@ def init_new_token_rows(model: C3LLMForConditionalGeneration, noise: float = 0.1
         new_rows.copy_(text_rows.mean(0) + noise * text_rows.std(0) * torch.randn_like(new_rows))
 
 
-def tiny_tokenizer() -> GemmaTokenizer:
-    """A character-level Gemma tokenizer built in-process (no download)."""
+def tiny_tokenizer(words: tuple[str, ...] = ()) -> GemmaTokenizer:
+    """A small Gemma BPE tokenizer built in-process (no download): characters, plus whole-word tokens for `words`."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     chars = ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-:;")
     vocab = {token: i for i, token in enumerate(specials + chars)}
-    return GemmaTokenizer(vocab=vocab, merges=[])
+    merges = []
+    for word in words:  # "▁high" is reached by merging "▁"+"h", "▁h"+"i", ...
+        piece = "▁"
+        for char in word:
+            if piece + char not in vocab:
+                vocab[piece + char] = len(vocab)
+                merges.append((piece, char))
+            piece += char
+    return GemmaTokenizer(vocab=vocab, merges=merges)
 
 
 def tiny_config(text_vocab_size: int, num_codebooks: int = 2) -> C3LLMConfig:

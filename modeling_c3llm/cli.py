@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -28,7 +27,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from processing_c3llm.media_c3llm import MediaError, write_wav  # noqa: E402
+from processing_c3llm.media_c3llm import MediaError, atomic_path, write_text, write_wav  # noqa: E402
 from processing_c3llm.processing_c3llm import TASKS  # noqa: E402
 
 
@@ -102,22 +101,6 @@ def _non_negative_int(value: str) -> int:
 def _check_empty_dir(path: Path, flag: str) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise CLIError(f"{flag} {path} exists and is not an empty folder; choose a new folder or remove it first.")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Writes UTF-8 text through a temp file in the same folder and `os.replace`, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ---- model loading and the one task runner shared by `generate` and `tour` ------------------------------------------
@@ -278,7 +261,7 @@ def run_task(
         return TaskResult(task, out, seconds=waveform.shape[-1] / rate, sampling_rate=rate)
     new_ids = generated[:, batch["input_ids"].shape[1] :]
     text = processor.batch_decode(new_ids, skip_special_tokens=True)[0].strip()
-    _write_text_atomic(out, text + "\n")
+    write_text(out, text + "\n")
     return TaskResult(task, out, text=text)
 
 
@@ -349,9 +332,8 @@ def _write_tour_video(path: Path, frames: int = 12, size: int = 32, fps: int = 1
     """A short MP4 (mpeg4, yuv420p): a bright square moving right over a dark background."""
     import av
 
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    try:
-        with av.open(os.fspath(tmp), "w") as container:
+    with atomic_path(path, suffix=".mp4") as tmp:
+        with av.open(tmp, "w") as container:
             stream = container.add_stream("mpeg4", rate=fps)
             stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
             for i in range(frames):
@@ -362,10 +344,6 @@ def _write_tour_video(path: Path, frames: int = 12, size: int = 32, fps: int = 1
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_tour_image(path: Path, size: int = 32) -> None:
@@ -375,9 +353,8 @@ def _write_tour_image(path: Path, size: int = 32) -> None:
     y, x = np.mgrid[0:size, 0:size]
     image = np.stack([x * 255 // (size - 1), y * 255 // (size - 1), np.full_like(x, 96)], axis=-1).astype(np.uint8)
     image[(x - size / 2) ** 2 + (y - size / 2) ** 2 < (size / 4) ** 2] = (250, 250, 250)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
 
 
 def _prepare_tour_dir(out: Path) -> None:

@@ -22,7 +22,6 @@ from transformers import (
     ClapFeatureExtractor,
     CLIPImageProcessorPil,
     CLIPVisionConfig,
-    EncodecConfig,
     EncodecFeatureExtractor,
     EncodecModel,
     GemmaConfig,
@@ -274,14 +273,13 @@ def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, p
 
 
 def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int) -> None:
-    from processing_c3llm.media_c3llm import load_audio
+    from processing_c3llm.media_c3llm import load_audio, write_text
 
     report = out / "report"
     state = json.loads((out / "training" / "trainer_state.json").read_text())
     plot_loss(state["log_history"], report / "loss_curve.png")
-    with open(report / "captions.txt", "w", encoding="utf-8") as f:
-        for item in results["captions"]:
-            f.write(f"{item['id']}\treference: {item['reference']}\tgenerated: {item['generated']}\n")
+    lines = [f"{i['id']}\treference: {i['reference']}\tgenerated: {i['generated']}\n" for i in results["captions"]]
+    write_text(report / "captions.txt", "".join(lines))
     samples = [(f"text-to-audio: {i['caption']} -> detected {', '.join(i['detected']) or 'nothing'}",
                 load_audio(i["wav"], sampling_rate)) for i in results["text_to_audio"][:3]]
     samples += [(f"video-to-audio: visual onsets {i['visual_onsets']}", load_audio(i["wav"], sampling_rate))
@@ -289,10 +287,8 @@ def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Pa
     plot_spectrograms(samples, sampling_rate, report / "spectrograms.png")
     metrics = {**results["metrics"], "train_loss": train_metrics.get("train_loss"),
                "train_lm_loss": train_metrics.get("train_lm_loss"), "train_nar_loss": train_metrics.get("train_nar_loss")}
-    tmp = report / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, report / "metrics.json")
-    (report / "details.json").write_text(json.dumps(results, indent=2))
+    write_text(report / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(report / "details.json", json.dumps(results, indent=2))
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import torch
 from datasets import Dataset, Features, IterableDataset, List, Value
 from scipy.signal import resample_poly
 
-from .media_c3llm import MediaError, load_audio
+from .media_c3llm import MediaError, load_audio, write_text
 
 
 logger = logging.getLogger(__name__)
@@ -92,18 +91,7 @@ class LoadReport:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Writes the report as JSON atomically (temporary file in the same folder, then renamed)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 # ---- media -------------------------------------------------------------------------------------------------------

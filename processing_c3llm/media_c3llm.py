@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from math import gcd
 from typing import Any
 
@@ -257,6 +259,31 @@ def load_image(path_or_image: Any) -> np.ndarray:
     return _to_uint8(array, "image")
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yields a temporary path beside `path` to write to; on success it becomes `path` (mode 0644) in one rename, on
+    any error it is removed, so readers never see a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically writes UTF-8 text."""
+    with atomic_path(path, suffix=".tmp") as tmp_path:
+        with open(tmp_path, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+
+
 def write_wav(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int) -> None:
     """Atomically writes a float waveform (samples,) or (channels, samples) as a 16-bit PCM WAV file."""
     path = os.fspath(path)
@@ -269,14 +296,5 @@ def write_wav(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int)
     data = np.clip(data, -1.0, 1.0)
     if data.ndim == 2:
         data = data.T  # soundfile wants (samples, channels)
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(delete=False, dir=directory, suffix=".wav") as tmp:
-        tmp_path = tmp.name
-    try:
+    with atomic_path(path, suffix=".wav") as tmp_path:
         sf.write(tmp_path, data, int(sampling_rate), subtype="PCM_16", format="WAV")
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -22,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .media_c3llm import write_wav
+from .media_c3llm import atomic_path, write_text, write_wav
 
 
 EVENT_CLASSES = ("high beep", "low beep", "chirp", "noise burst", "click train", "hum")
@@ -236,17 +235,10 @@ def _clip_id(seed: int, split: str, index: int) -> str:
     return "sf" + hashlib.sha256(f"synthfoley/{seed}/{split}/{index}".encode()).hexdigest()[:9]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, newline="") as tmp:
-        tmp.write(text)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
 def _write_sidecar(path: Path, entries: dict[str, dict], merge: bool) -> None:
     if merge and path.is_file():
         entries = {**json.loads(path.read_text(encoding="utf-8")), **entries}
-    _atomic_write(path, json.dumps(entries, indent=1) + "\n")
+    write_text(path, json.dumps(entries, indent=1) + "\n")
 
 
 def _sidecar_entry(clip: Clip, file: str) -> dict:
@@ -271,7 +263,7 @@ def write_audiocaps(root: str | os.PathLike, num_clips: int, split: str, seed: i
     writer.writerow(["audiocap_id", "youtube_id", "start_time", "caption"])
     writer.writerows(rows)
     csv_path = root / f"{split}.csv"
-    _atomic_write(csv_path, buffer.getvalue())
+    write_text(csv_path, buffer.getvalue())
     _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=False)
     return csv_path
 
@@ -280,9 +272,7 @@ def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
     """Muxes the clip's frames (H.264, or MPEG-4 Part 2 without libx264, yuv420p) and audio (AAC mono) into an MP4."""
     path = Path(path)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".mp4", delete=False) as tmp:
-        tmp_path = tmp.name
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp_path:
         with av.open(tmp_path, "w", format="mp4") as container:
             video = container.add_stream(codec, rate=Fraction(clip.fps).limit_denominator(1001))
             video.width, video.height = clip.frames.shape[2], clip.frames.shape[1]
@@ -302,12 +292,6 @@ def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
                 frame.time_base = Fraction(1, clip.sampling_rate)
                 container.mux(audio.encode(frame))
             container.mux(audio.encode())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
@@ -331,7 +315,7 @@ def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: in
             rows = [row for row in csv.reader(f) if row and row[0] not in new_ids] + rows
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
-    _atomic_write(csv_path, buffer.getvalue())
+    write_text(csv_path, buffer.getvalue())
     _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=True)
     return csv_path
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conversion.build_c3llm import build_tiny
 from processing_c3llm import TASKS
