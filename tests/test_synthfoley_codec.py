@@ -1,0 +1,111 @@
+"""The committed SynthFoley codec (conversion/synthfoley_codec): its config, that SynthFoley events survive its
+encode -> decode (where a random codec of the same config loses them), and a smoke run of its training script."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import EncodecModel
+
+from conversion.train_codec import codec_forward, library_reconstruct, make_config, reset_weights, train
+from processing_c3llm import event_detector
+from processing_c3llm.synthfoley import make_clip
+
+
+CODEC = Path(__file__).resolve().parents[1] / "conversion" / "synthfoley_codec"
+SR = 24000
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return EncodecModel.from_pretrained(CODEC, local_files_only=True).eval()
+
+
+@pytest.fixture(scope="module")
+def clips():
+    rng = np.random.default_rng(20240531)  # neither the training stream (seed 0) nor the script's eval set (1234)
+    return [make_clip(rng, duration=2.0) for _ in range(20)]
+
+
+def _class_accuracy(model, clips) -> float:
+    audio = torch.from_numpy(np.stack([clip.audio for clip in clips]))[:, None]
+    reconstruction, _ = library_reconstruct(model, audio)
+    hits = [
+        event_detector.event_classes(restored, SR) == [event.label for event in clip.events]
+        for clip, restored in zip(clips, reconstruction[:, 0].numpy())
+    ]
+    return float(np.mean(hits))
+
+
+def test_committed_folder_and_config(codec):
+    assert sorted(p.name for p in CODEC.iterdir()) == ["config.json", "model.safetensors"]
+    assert (CODEC / "model.safetensors").stat().st_size <= 3_000_000
+    config = codec.config
+    assert config.sampling_rate == SR and config.audio_channels == 1
+    assert config.num_quantizers == 2 and list(config.target_bandwidths) == [1.5]
+    assert config.frame_rate == 75 and config.hop_length == 320
+    assert config.codebook_size == 1024
+    assert codec.quantizer.get_num_quantizers_for_bandwidth(1.5) == 2
+    for layer in codec.quantizer.layers:  # trained codebooks, not the zero init
+        assert layer.codebook.embed.abs().sum(dim=1).gt(0).all()
+
+
+def test_encode_decode_shapes_and_training_forward_agree(codec, clips):
+    audio = torch.from_numpy(np.stack([clip.audio for clip in clips[:4]]))[:, None]
+    encoded = codec.encode(audio, bandwidth=1.5)
+    assert encoded.audio_codes.shape == (1, 4, 2, 150)  # 2 s at 75 frames/s, 2 codebooks
+    assert 0 <= int(encoded.audio_codes.min()) and int(encoded.audio_codes.max()) < 1024
+    theirs, codes = library_reconstruct(codec, audio)
+    with torch.no_grad():
+        ours, our_codes, _, _ = codec_forward(codec, audio)
+    assert theirs.shape == audio.shape
+    assert torch.equal(our_codes, codes)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_events_survive_the_codec(codec, clips):
+    # The committed checkpoint (about 20 CPU-minutes of training) keeps the exact event-class sequence of only ~37%
+    # of clips (measured on 40) but the onsets of ~85% of events; the goal of >= 90% is not reached yet (see the
+    # issue notes). The bars below guard what it does reach, far above a random codec of the same config (0%).
+    assert _class_accuracy(codec, clips) >= 0.25
+    audio = torch.from_numpy(np.stack([clip.audio for clip in clips]))[:, None]
+    reconstruction, _ = library_reconstruct(codec, audio)
+    found = [
+        any(abs(onset - event.onset) <= 0.03 for onset in event_detector.onsets(restored, SR))
+        for clip, restored in zip(clips, reconstruction[:, 0].numpy())
+        for event in clip.events
+    ]
+    assert np.mean(found) >= 0.7
+
+
+def test_random_codec_loses_the_events(clips):
+    torch.manual_seed(0)
+    model = EncodecModel(make_config(**_size(EncodecModel.config_class.from_pretrained(CODEC)))).eval()
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            layer.codebook.embed.normal_()
+    assert _class_accuracy(model, clips) < 0.1
+
+
+def _size(config) -> dict:
+    return {"num_filters": config.num_filters, "hidden_size": config.hidden_size,
+            "num_lstm_layers": config.num_lstm_layers}
+
+
+def test_train_smoke(tmp_path):
+    out = tmp_path / "codec"
+    summary = train(out, steps=3, batch_size=2, crop_seconds=0.5, warmup_steps=1, eval_clips=0, progress=False)
+    assert summary["steps"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name != "codec"]  # no temporary folders left behind
+    trained = EncodecModel.from_pretrained(out, local_files_only=True)
+    torch.manual_seed(0)  # train() builds its model right after torch.manual_seed(seed=0)
+    initial = reset_weights(EncodecModel(make_config()))
+    before, after = initial.state_dict(), trained.state_dict()
+    assert before.keys() == after.keys()
+    changed = [name for name in before if "codebook" not in name and not torch.equal(before[name], after[name])]
+    assert changed, "training did not change any weight"
+    for layer in trained.quantizer.layers:  # codebooks initialised from encoder outputs and EMA-updated
+        assert layer.codebook.embed.abs().sum() > 0 and layer.codebook.cluster_size.sum() > 0
+    assert summary["library_path"]["code_agreement"] == 1.0
