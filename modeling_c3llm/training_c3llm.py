@@ -257,15 +257,22 @@ def _describe(report: Any) -> str:
     return report.summary() if hasattr(report, "summary") else str(report)
 
 
+def _stage_report(stage: str, dataset: str, report: Any) -> dict[str, Any]:
+    return {"stage": stage, "dataset": dataset, **report.to_dict()}
+
+
 def _prepare_split(data, name: str, root: Path, split: str, tasks: list[str], limit: int | None, model, processor,
                    data_args: DataArguments):
-    """Loads one split, keeps `limit` clips, adds what its tasks need (codec codes, video features), expands tasks."""
+    """Loads one split, keeps `limit` clips, adds what its tasks need (codec codes, video features), expands tasks.
+    Returns the dataset and what happened to its clips: the report of the loader and of each preprocessing step."""
     loader = getattr(data, f"load_{name}", None)
     if loader is None:
         raise ValueError(f"processing_c3llm.datasets_c3llm has no loader for {name!r}.")
     dataset, report = loader(root, split, **({"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}))
     print(_describe(report))
+    part = {"dataset": name, "total": report.total, "left_out": 0, "stages": [_stage_report("load", name, report)]}
     if limit is not None:
+        part["left_out"] = max(len(dataset) - limit, 0)
         dataset = dataset.select(range(min(limit, len(dataset))))
     steps = []
     if any(TASKS[task][1] == "audio" for task in tasks):
@@ -276,11 +283,24 @@ def _prepare_split(data, name: str, root: Path, split: str, tasks: list[str], li
         dataset, step_report = step(dataset, model, processor, batch_size=data_args.preprocessing_batch_size,
                                     num_proc=data_args.preprocessing_num_workers)
         print(f"{step.__name__}: {_describe(step_report)}")
-    return with_tasks(dataset, tasks)
+        part["stages"].append(_stage_report(step.__name__, name, step_report))
+    part["kept"] = len(dataset)
+    return with_tasks(dataset, tasks), part
 
 
-def load_datasets(data_args: DataArguments, model, processor, training_args: TrainingArguments | None = None):
-    """The training and evaluation datasets of `data_args` (evaluation: `None` without `eval_split`)."""
+def _split_report(split: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One split's clips over its dataset parts: listed (`total`), `kept` for training, `skipped` files (each with the
+    stage that dropped it) and `left_out` by --max_*_examples; `stages` holds every step's own report."""
+    stages = [stage for part in parts for stage in part["stages"]]
+    skipped = [{"stage": stage["stage"], **entry} for stage in stages for entry in stage["skipped"]]
+    return {"split": split, "total": sum(part["total"] for part in parts), "kept": sum(part["kept"] for part in parts),
+            "skipped": skipped, "left_out": sum(part["left_out"] for part in parts), "stages": stages}
+
+
+def load_datasets(data_args: DataArguments, model, processor, training_args: TrainingArguments | None = None,
+                  reports: dict[str, Any] | None = None):
+    """The training and evaluation datasets of `data_args` (evaluation: `None` without `eval_split`). A `reports`
+    dict receives, under "train" and "eval", what happened to each split's clips (see `_split_report`)."""
     from datasets import concatenate_datasets
 
     from processing_c3llm import datasets_c3llm as data
@@ -306,16 +326,30 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
             raise FileNotFoundError(f"--data_dir {root} does not exist.")
         parts = [(data_args.dataset, root, tasks)]
 
-    def build(split: str, limit: int | None):
-        pieces = [_prepare_split(data, name, path, split, part_tasks, limit, model, processor, data_args)
-                  for name, path, part_tasks in parts]
-        return pieces[0] if len(pieces) == 1 else concatenate_datasets(pieces)
+    reports = {} if reports is None else reports
+
+    def build(key: str, split: str, limit: int | None):
+        pieces, done = zip(*[_prepare_split(data, name, path, split, part_tasks, limit, model, processor, data_args)
+                             for name, path, part_tasks in parts])
+        reports[key] = _split_report(split, list(done))
+        return pieces[0] if len(pieces) == 1 else concatenate_datasets(list(pieces))
 
     context = training_args.main_process_first(desc="preprocessing") if training_args else contextlib.nullcontext()
     with context:
-        train = build(data_args.train_split, data_args.max_train_examples)
-        evaluation = build(data_args.eval_split, data_args.max_eval_examples) if data_args.eval_split else None
+        train = build("train", data_args.train_split, data_args.max_train_examples)
+        evaluation = build("eval", data_args.eval_split, data_args.max_eval_examples) if data_args.eval_split else None
     return train, evaluation
+
+
+def write_data_report(reports: dict[str, Any], path: str | os.PathLike) -> None:
+    """Writes `reports` (from `load_datasets`) as JSON atomically and prints one line per split."""
+    from processing_c3llm.media_c3llm import write_text
+
+    write_text(path, json.dumps(reports, indent=2) + "\n")
+    for key, report in reports.items():
+        left_out = f", {report['left_out']} left out by --max_{key}_examples" if report["left_out"] else ""
+        print(f"{key}: kept {report['kept']} of {report['total']} clips, skipped {len(report['skipped'])}{left_out}: "
+              f"see {path}")
 
 
 # ---- trainer ----------------------------------------------------------------------------------------------------
@@ -422,6 +456,10 @@ def run_training(
 
     `train_dataset`/`eval_dataset` (rows with `task`, `caption`, `audio_codes`, `video_features`, `audio_path`, ...)
     replace loading `data_args.dataset`.
+
+    When it loads the data itself, `output_dir/data_report.json` lists per split ("train", "eval") and stage (load,
+    add_audio_codes, add_video_features) the clips' total, kept and skipped files with the reason. With
+    `train_dataset` passed in nothing is loaded and no report is written: which files its caller dropped is unknown.
     """
     started = time.time()
     output_dir = Path(training_args.output_dir)
@@ -438,9 +476,14 @@ def run_training(
     nar_loss_weight = model.config.nar_loss_weight
     if train_dataset is None:
         model.to(training_args.device)  # the codec and vision-encoder passes of preprocessing run on the accelerator
-        train_dataset, loaded_eval = load_datasets(data_args, model, processor, training_args)
+        reports: dict[str, Any] = {}
+        train_dataset, loaded_eval = load_datasets(data_args, model, processor, training_args, reports)
+        if eval_dataset is not None:
+            reports.pop("eval", None)  # the loaded evaluation split is not used
         eval_dataset = eval_dataset if eval_dataset is not None else loaded_eval
         model.to("cpu")  # as loaded: the Trainer (or FSDP) places it
+        if training_args.process_index == 0:
+            write_data_report(reports, output_dir / "data_report.json")
     else:
         train_dataset = _limit(train_dataset, data_args.max_train_examples)
         eval_dataset = _limit(eval_dataset, data_args.max_eval_examples)
@@ -575,6 +618,7 @@ __all__ = [
     "prepare_model",
     "run_training",
     "trainable_parameter_counts",
+    "write_data_report",
 ]
 
 

@@ -455,6 +455,39 @@ def test_main_trains_from_an_audiocaps_folder(tiny_folder, tmp_path, capsys):
     assert "C3LLM stage 1 training done" in printed
 
 
+def test_main_reports_missing_corrupt_and_unusable_clips(tiny_folder, tmp_path, capsys):
+    from processing_c3llm.synthfoley import write_audiocaps
+
+    data = tmp_path / "audiocaps"
+    write_audiocaps(data, 5, "train", seed=0, duration=1.0)
+    wavs = sorted((data / "audio" / "train").glob("*.wav"))
+    missing, corrupt, nan = (str(path) for path in wavs[:3])
+    os.remove(missing)
+    Path(corrupt).write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    # A valid float WAV header with NaN samples: passes the load-time probe, fails when add_audio_codes reads it.
+    sf.write(nan, np.full(24000, np.nan, dtype=np.float32), 24000, subtype="FLOAT")
+    out = tmp_path / "run"
+    assert main(["--model_name_or_path", str(tiny_folder), "--stage", "1", "--lora_r", "4", "--dataset", "audiocaps",
+                 "--data_dir", str(data), "--tasks", "text-to-audio", "--cache_dir", str(tmp_path / "cache"),
+                 "--output_dir", str(out), "--max_steps", "2", "--use_cpu", "true", "--per_device_train_batch_size",
+                 "4", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]) == 0
+    assert (out / "merged" / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert f"train: kept 2 of 5 clips, skipped 3: see {out / 'data_report.json'}" in printed
+
+    report = json.loads((out / "data_report.json").read_text())
+    assert set(report) == {"train"}  # no eval split
+    train = report["train"]
+    assert (train["split"], train["total"], train["kept"], train["left_out"]) == ("train", 5, 2, 0)
+    skipped = {entry["path"]: (entry["stage"], entry["reason"]) for entry in train["skipped"]}
+    assert set(skipped) == {missing, corrupt, nan} and len(train["skipped"]) == 3
+    assert skipped[missing] == ("load", "file not found")
+    assert skipped[corrupt][0] == "load" and skipped[corrupt][1].startswith("unreadable audio")
+    assert skipped[nan][0] == "add_audio_codes" and "NaN" in skipped[nan][1]
+    stages = [(s["stage"], s["total"], s["kept"], len(s["skipped"])) for s in train["stages"]]
+    assert stages == [("load", 5, 3, 2), ("add_audio_codes", 3, 2, 1)]
+
+
 # ---- configuration --------------------------------------------------------------------------------------------------
 def test_recipes_parse_and_flags_override(tmp_path):
     model_args, data_args, args = parse_args([str(RECIPES / "stage1.yaml")])
