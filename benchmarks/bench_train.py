@@ -59,12 +59,7 @@ from transformers import GemmaConfig, GemmaForCausalLM  # noqa: E402
 
 from conversion.build_c3llm import init_new_token_rows, tiny_config  # noqa: E402
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
-from modeling_c3llm.training_c3llm import (  # noqa: E402
-    LORA_TARGET_MODULES,
-    ModelArguments,
-    prepare_model,
-    trainable_parameter_counts,
-)
+from modeling_c3llm.training_c3llm import ModelArguments, prepare_model, trainable_parameter_counts  # noqa: E402
 
 
 SIDES = ("ours", "ours_lm_only", "bare")
@@ -305,8 +300,6 @@ def time_stage(config: C3LLMConfig, base: C3LLMForConditionalGeneration, args, s
         "bare_total": bare_total,
         "raw_s": times,
     }
-    del ours, bare, optimizers, models
-    gc.collect()
     return row
 
 
@@ -444,7 +437,7 @@ def print_report(summary: dict) -> None:
         print("-" * len(header))
         for row in prep["rows"]:
             print(
-                f"{row['codec']:<11} | {row['codec_parameters']:>9,d} | {str(row['num_proc']):>8} | "
+                f"{row['codec']:<11} | {row['codec_parameters']:>9,d} | {row['num_proc']!s:>8} | "
                 f"{row['seconds']:>8.2f} | {row['audio_seconds_per_second']:>11.1f}"
             )
         if not prep["synthfoley_codec_found"]:
@@ -463,7 +456,7 @@ def main(argv=None) -> dict:
     attn = base.language_model.config._attn_implementation
     train_rows = [time_stage(config, base, args, stage) for stage in args.stages]
     del base
-    gc.collect()
+    gc.collect()  # the models and optimizer states of part 1 before forking workers in part 2
 
     preprocessing = None
     if not args.no_prep:

@@ -282,7 +282,7 @@ def _prepare_split(data, name: str, root: Path, split: str, tasks: list[str], li
     for step in steps:
         dataset, step_report = step(dataset, model, processor, batch_size=data_args.preprocessing_batch_size,
                                     num_proc=data_args.preprocessing_num_workers)
-        print(f"{step.__name__}: {_describe(step_report)}")
+        print(_describe(step_report))  # the report names its step
         part["stages"].append(_stage_report(step.__name__, name, step_report))
     part["kept"] = len(dataset)
     return with_tasks(dataset, tasks), part
