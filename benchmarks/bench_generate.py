@@ -40,10 +40,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import GemmaConfig, GemmaForCausalLM  # noqa: E402
+from transformers import GemmaForCausalLM  # noqa: E402
 
-from conversion.build_c3llm import init_new_token_rows, tiny_config  # noqa: E402
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
+
+from common import add_backbone_arguments, build_config, build_ours  # noqa: E402
 
 
 try:
@@ -66,19 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    size = parser.add_argument_group("LLM backbone size (Gemma); the codec, CLAP, vision encoder and NAR stay tiny")
-    size.add_argument("--hidden-size", type=int, default=512, help="Gemma hidden size.")
-    size.add_argument("--layers", type=int, default=8, help="Number of Gemma decoder layers.")
-    size.add_argument("--heads", type=int, default=8, help="Number of attention (query) heads.")
-    size.add_argument("--kv-heads", type=int, default=1, help="Number of key/value heads (1 = multi-query attention).")
-    size.add_argument("--head-dim", type=int, default=64, help="Dimension of each attention head.")
-    size.add_argument("--intermediate", type=int, default=2048, help="Gemma MLP intermediate size.")
-    size.add_argument(
-        "--text-vocab",
-        type=int,
-        default=32000,
-        help="Text vocabulary of the backbone before C3LLM extends it by codebook_size + 9 special tokens.",
-    )
+    add_backbone_arguments(parser)
     run = parser.add_argument_group("workload and measurement")
     run.add_argument(
         "--tokens",
@@ -131,43 +120,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- model building ---------------------------------------------------------------------------------------------
-def build_config(args) -> C3LLMConfig:
-    """The tiny config of conversion.build_c3llm with the text backbone replaced by one of the requested size."""
-    tiny = tiny_config(text_vocab_size=args.text_vocab)
-    text = GemmaConfig(
-        vocab_size=args.text_vocab,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        head_dim=args.head_dim,
-        max_position_embeddings=max(2048, args.prompt_tokens + args.tokens + 8),
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    return C3LLMConfig(
-        text_config=text,
-        codec_config=tiny.codec_config,
-        audio_config=tiny.audio_config,
-        vision_config=tiny.vision_config,
-        nar_config=tiny.nar_config,
-        num_codebooks=tiny.num_codebooks,
-        video_fps=tiny.video_fps,
-        video_num_frames=tiny.video_num_frames,
-        # generate() accepts audio_length_in_s up to 10 * max_audio_seconds
-        max_audio_seconds=max(tiny.max_audio_seconds, args.tokens / tiny.frame_rate),
-    )
-
-
-def build_ours(config: C3LLMConfig, seed: int) -> C3LLMForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = C3LLMForConditionalGeneration(config)
-    init_new_token_rows(model)  # as conversion.build_c3llm.assemble does
-    return model.eval()
-
-
 def build_bare(config: C3LLMConfig, seed: int, weights_from: C3LLMForConditionalGeneration | None = None):
     """GemmaForCausalLM with the C3LLM's (extended) text config; same weights when `weights_from` is given."""
     torch.manual_seed(seed)
@@ -356,7 +308,7 @@ def reset_peak_rss() -> bool:
 def memory_child(args) -> None:
     """Runs in a fresh process: build one side, generate once per batch size, print its RSS figures as one JSON line."""
     torch.set_num_threads(args.threads)
-    config = build_config(args)
+    config = build_config(args, args.prompt_tokens + args.tokens + 8)
     result = {
         "side": args.memory_child,
         "peak_rss_imports_kib": peak_rss_kib(),
@@ -366,7 +318,7 @@ def memory_child(args) -> None:
     result["peak_reset"] = reset_peak_rss()
     if args.memory_child != "imports":
         if args.memory_child == "ours":
-            model = build_ours(config, args.seed)
+            model = build_ours(config, args.seed).eval()
         else:
             model = build_bare(config, args.seed)
         result["peak_rss_after_build_kib"] = peak_rss_kib()
@@ -534,8 +486,8 @@ def main(argv=None) -> dict | None:
 
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    config = build_config(args)
-    model = build_ours(config, args.seed)
+    config = build_config(args, args.prompt_tokens + args.tokens + 8)
+    model = build_ours(config, args.seed).eval()
     bare = build_bare(config, args.seed, weights_from=model)
     params = parameter_counts(model, bare)
     attn = {"ours": model.language_model.config._attn_implementation, "bare": bare.config._attn_implementation}

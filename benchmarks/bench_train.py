@@ -55,10 +55,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import GemmaConfig, GemmaForCausalLM  # noqa: E402
+from transformers import GemmaForCausalLM  # noqa: E402
 
-from conversion.build_c3llm import init_new_token_rows, tiny_config  # noqa: E402
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
+
+from common import add_backbone_arguments, build_config, build_ours  # noqa: E402
 from modeling_c3llm.training_c3llm import ModelArguments, prepare_model, trainable_parameter_counts  # noqa: E402
 
 
@@ -77,19 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    size = parser.add_argument_group("LLM backbone size (Gemma); the codec, CLAP, vision encoder and NAR stay tiny")
-    size.add_argument("--hidden-size", type=int, default=512, help="Gemma hidden size.")
-    size.add_argument("--layers", type=int, default=8, help="Number of Gemma decoder layers.")
-    size.add_argument("--heads", type=int, default=8, help="Number of attention (query) heads.")
-    size.add_argument("--kv-heads", type=int, default=1, help="Number of key/value heads (1 = multi-query attention).")
-    size.add_argument("--head-dim", type=int, default=64, help="Dimension of each attention head.")
-    size.add_argument("--intermediate", type=int, default=2048, help="Gemma MLP intermediate size.")
-    size.add_argument(
-        "--text-vocab",
-        type=int,
-        default=32000,
-        help="Text vocabulary of the backbone before C3LLM extends it by codebook_size + 9 special tokens.",
-    )
+    add_backbone_arguments(parser)
     step = parser.add_argument_group("training steps")
     step.add_argument("--batch-size", type=int, default=4, help="Examples per training batch.")
     step.add_argument("--seq-len", type=int, default=256, help="Tokens per example (prompt + acoustic + </Audio>).")
@@ -146,42 +135,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- models and batch -------------------------------------------------------------------------------------------
-def build_config(args) -> C3LLMConfig:
-    """The tiny config of conversion.build_c3llm with the text backbone replaced by one of the requested size."""
-    tiny = tiny_config(text_vocab_size=args.text_vocab)
-    text = GemmaConfig(
-        vocab_size=args.text_vocab,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        head_dim=args.head_dim,
-        max_position_embeddings=max(2048, args.seq_len),
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    return C3LLMConfig(
-        text_config=text,
-        codec_config=tiny.codec_config,
-        audio_config=tiny.audio_config,
-        vision_config=tiny.vision_config,
-        nar_config=tiny.nar_config,
-        num_codebooks=tiny.num_codebooks,
-        video_fps=tiny.video_fps,
-        video_num_frames=tiny.video_num_frames,
-        max_audio_seconds=max(tiny.max_audio_seconds, args.seq_len / tiny.frame_rate),
-    )
-
-
-def build_ours(config: C3LLMConfig, seed: int) -> C3LLMForConditionalGeneration:
-    torch.manual_seed(seed)
-    model = C3LLMForConditionalGeneration(config)
-    init_new_token_rows(model)  # as conversion.build_c3llm.assemble does
-    return model
-
-
 def build_bare(config: C3LLMConfig, ours: C3LLMForConditionalGeneration) -> GemmaForCausalLM:
     """GemmaForCausalLM with the C3LLM's (extended) text config and its language model's weights."""
     bare = GemmaForCausalLM(config.text_config)
@@ -451,7 +404,7 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     import peft
 
-    config = build_config(args)
+    config = build_config(args, args.seq_len)
     base = build_ours(config, args.seed)
     attn = base.language_model.config._attn_implementation
     train_rows = [time_stage(config, base, args, stage) for stage in args.stages]
