@@ -352,6 +352,13 @@ class MultiScaleMelLoss(torch.nn.Module):
         return l1 / count, l2 / count, log_l1 / count
 
 
+def log_envelope(audio: torch.Tensor, window: int = 240, hop: int = 120, floor: float = 1e-6) -> torch.Tensor:
+    """Log short-time energy `(B, frames)` of `(B, 1, L)` audio: Hann windows of 10 ms every 5 ms at 24 kHz."""
+    frames = audio.reshape(-1, audio.shape[-1]).unfold(-1, window, hop)
+    taper = torch.hann_window(window, periodic=False, dtype=audio.dtype, device=audio.device)
+    return torch.log((frames * taper).pow(2).mean(-1) + floor)
+
+
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Signal-to-noise ratio of `estimate` against `reference`, in dB."""
     noise = np.sum((reference - estimate) ** 2)
@@ -531,6 +538,7 @@ def train(
     mel_weight: float = 1.0,
     log_mel_weight: float = 1.0,
     log_mel_ramp_steps: int = 200,
+    envelope_weight: float = 0.0,
     commitment_weight: float = 1.0,
     ema_decay: float = 0.99,
     dead_code_steps: int = 20,
@@ -558,6 +566,19 @@ def train(
     With `state_path`, the whole training state (weights, codebooks, optimizer, step, random streams) is saved there
     every `save_every` steps, and a run started with the same settings resumes from it; it is deleted at the end.
     """
+    previous_threads = torch.get_num_threads()
+    try:
+        return _train(**{name: value for name, value in locals().items() if name != "previous_threads"})
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    out, steps, minutes, batch_size, crop_seconds, lr, warmup_steps, quantizer_warmup_steps, kmeans_batches, seed,
+    num_filters, hidden_size, num_lstm_layers, time_weight, warmup_time_weight, mel_weight, log_mel_weight,
+    log_mel_ramp_steps, envelope_weight, commitment_weight, ema_decay, dead_code_steps, eval_clips, eval_seed, threads,
+    log_every, progress, init_from, state_path, save_every,
+) -> dict:
     from tqdm.auto import tqdm
 
     settings = {
@@ -653,12 +674,14 @@ def train(
         reconstruction, _, commitment, stats = codec_forward(model, audio, trainer, quantize_latents=quantizing)
         time_l1 = (reconstruction - audio).abs().mean()
         mel_l1, mel_l2, log_mel_l1 = mel_loss(reconstruction, audio)
+        envelope_l1 = (log_envelope(reconstruction) - log_envelope(audio)).abs().mean()
         ramp = 1.0 if init_from is not None else (step - quantizer_warmup_steps) / max(log_mel_ramp_steps, 1)
         ramp = min(max(ramp, 0.0), 1.0)
         loss = (
             ((1 - ramp) * warmup_time_weight + ramp * time_weight) * time_l1
             + mel_weight * (mel_l1 + mel_l2)
             + ramp * log_mel_weight * log_mel_l1
+            + ramp * envelope_weight * envelope_l1
             + commitment_weight * commitment
         )
         optimizer.zero_grad(set_to_none=True)
@@ -675,6 +698,7 @@ def train(
             "mel_l1": float(mel_l1.detach()),
             "mel_l2": float(mel_l2.detach()),
             "log_mel_l1": float(log_mel_l1.detach()),
+            "envelope_l1": float(envelope_l1.detach()),
             "commit": float(commitment.detach()),
             "snr_db": float(snr.detach()),
             "ppl1": stats.perplexity[0] if stats.perplexity else 0.0,
@@ -787,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-mel-ramp-steps", type=int, default=200,
                         help="steps after the quantizer warm-up over which the log-mel weight rises from 0 to "
                         "--log-mel-weight and the waveform L1 weight moves from --warmup-time-weight to --time-weight")
+    parser.add_argument("--envelope-weight", type=float, default=0.0,
+                        help="weight of the L1 distance of log short-time energies (10 ms windows, 5 ms hop), which "
+                        "keeps transients sharp and noise envelopes smooth; ramps in like the log-mel loss")
     parser.add_argument("--commitment-weight", type=float, default=1.0, help="weight of the VQ commitment loss")
     parser.add_argument("--ema-decay", type=float, default=0.99, help="decay of the codebooks' EMA updates")
     parser.add_argument("--dead-code-steps", type=int, default=20,
@@ -836,6 +863,7 @@ def main(argv: list[str] | None = None) -> dict:
         mel_weight=args.mel_weight,
         log_mel_weight=args.log_mel_weight,
         log_mel_ramp_steps=args.log_mel_ramp_steps,
+        envelope_weight=args.envelope_weight,
         commitment_weight=args.commitment_weight,
         ema_decay=args.ema_decay,
         dead_code_steps=args.dead_code_steps,

@@ -95,7 +95,11 @@ def _size(config) -> dict:
 
 def test_train_smoke(tmp_path):
     out = tmp_path / "codec"
-    summary = train(out, steps=3, batch_size=2, crop_seconds=0.5, warmup_steps=1, eval_clips=0, progress=False)
+    threads = torch.get_num_threads()
+    summary = train(
+        out, steps=3, batch_size=2, crop_seconds=0.5, warmup_steps=1, eval_clips=0, progress=False, threads=1
+    )
+    assert torch.get_num_threads() == threads  # train() restores the thread count
     assert summary["steps"] == 3
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name != "codec"]  # no temporary folders left behind
