@@ -1,7 +1,9 @@
 """PyTorch C3LLM: an LLM with an acoustic vocabulary, audio/video/image projectors, a NAR head and an EnCodec codec."""
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,14 +17,13 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
 )
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
 from .generation_c3llm import AllowedTokensLogitsProcessor, C3LLMAudioGenerationOutput
-
-
 
 # Model inputs that carry audio, video or image content (besides the token ids).
 MODALITY_INPUTS = (
@@ -59,16 +60,35 @@ class C3LLMOutputWithPast(ModelOutput):
 
 
 class C3LLMProjector(nn.Module):
-    """Two-layer MLP from an encoder's feature width into the LLM's hidden size."""
+    """
+    Two-layer MLP from an encoder's feature width into the LLM's hidden size. The frozen encoder's features are first
+    standardized per channel, `(x - feature_bias) * feature_scale` (identity until `fit_standardization`): frozen
+    encoders put a large shared offset on every channel and the clip-to-clip differences, which carry the content, are
+    a small part of it.
+    """
 
     def __init__(self, in_features: int, config: C3LLMConfig):
         super().__init__()
         self.in_features = in_features
+        self.feature_bias = nn.Buffer(torch.zeros(in_features))
+        self.feature_scale = nn.Buffer(torch.ones(in_features))
         self.linear_1 = nn.Linear(in_features, config.projector_hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
 
+    @property
+    def is_standardized(self) -> bool:
+        return bool(self.feature_bias.any() or (self.feature_scale != 1).any())
+
+    @torch.no_grad()
+    def fit_standardization(self, features: torch.Tensor, eps: float = 1e-5) -> None:
+        """Sets the per-channel mean and 1/std from encoder features `(num_vectors, in_features)`."""
+        features = features.double()
+        self.feature_bias.copy_(features.mean(0))
+        self.feature_scale.copy_(1.0 / (features.std(0, unbiased=False) + eps))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = (features - self.feature_bias) * self.feature_scale
         return self.linear_2(self.act(self.linear_1(features)))
 
 
@@ -173,6 +193,12 @@ class C3LLMPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _no_split_modules = ["C3LLMNARLayer"]
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, C3LLMProjector):
+            init.zeros_(module.feature_bias)
+            init.ones_(module.feature_scale)
+
 
 class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
     r"""
@@ -244,13 +270,47 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         return self.language_model.get_output_embeddings()
 
     # ---- modality encoders -------------------------------------------------------------------------------------
-    def get_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
-        """CLAP local features fused with the clip embedding, projected: `(num_audios, num_audio_tokens, hidden)`."""
-        with torch.no_grad():
-            encoded = self.audio_encoder(input_features=input_features, is_longer=is_longer)
+    @torch.no_grad()
+    def encode_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """Frozen CLAP local features ⊕ the clip embedding: `(num_audios, num_audio_tokens, width)`."""
+        encoded = self.audio_encoder(input_features=input_features, is_longer=is_longer)
         local = encoded.last_hidden_state.mean(dim=2).transpose(1, 2)  # (batch, time, channels)
         clip = encoded.audio_embeds[:, None, :].expand(-1, local.shape[1], -1)
-        return self.audio_projector(torch.cat([local, clip], dim=-1))
+        return torch.cat([local, clip], dim=-1)
+
+    @torch.no_grad()
+    def encode_video_frames(self, pixel_values_videos: torch.Tensor, flow_values_videos: torch.Tensor) -> torch.Tensor:
+        """Frozen vision-encoder features of every RGB frame ⊕ its optical flow: `(num_videos, frames, width)`."""
+        batch, frames = pixel_values_videos.shape[:2]
+        rgb = self.vision_encoder(pixel_values=pixel_values_videos.flatten(0, 1)).pooler_output
+        flow = self.vision_encoder(pixel_values=flow_values_videos.flatten(0, 1)).pooler_output
+        return torch.cat([rgb, flow], dim=-1).view(batch, frames, -1)
+
+    @torch.no_grad()
+    def encode_image_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen vision-encoder patch features: `(num_images, num_image_tokens, width)`."""
+        return self.vision_encoder(pixel_values=pixel_values).last_hidden_state
+
+    def get_audio_features(self, input_features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """CLAP local features fused with the clip embedding, projected: `(num_audios, num_audio_tokens, hidden)`."""
+        return self.audio_projector(self.encode_audio_features(input_features, is_longer))
+
+    def _video_inputs(
+        self,
+        pixel_values_videos: torch.Tensor | None,
+        flow_values_videos: torch.Tensor | None,
+        video_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if video_features is None:
+            if pixel_values_videos is None or flow_values_videos is None:
+                raise ValueError("Video inputs need both `pixel_values_videos` and `flow_values_videos`, or `video_features`.")
+            video_features = self.encode_video_frames(pixel_values_videos, flow_values_videos)
+        if video_features.shape[-1] != self.config.video_feature_size:
+            raise ValueError(
+                f"video_features have width {video_features.shape[-1]}, but this model expects "
+                f"{self.config.video_feature_size} (RGB + optical-flow features of its vision encoder, concatenated)."
+            )
+        return video_features.to(self.video_projector.linear_1.weight.dtype)
 
     def get_video_features(
         self,
@@ -259,26 +319,40 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         video_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-frame RGB and optical-flow features, concatenated and projected: `(num_videos, frames, hidden)`."""
-        if video_features is None:
-            if pixel_values_videos is None or flow_values_videos is None:
-                raise ValueError("Video inputs need both `pixel_values_videos` and `flow_values_videos`, or `video_features`.")
-            batch, frames = pixel_values_videos.shape[:2]
-            with torch.no_grad():
-                rgb = self.vision_encoder(pixel_values=pixel_values_videos.flatten(0, 1)).pooler_output
-                flow = self.vision_encoder(pixel_values=flow_values_videos.flatten(0, 1)).pooler_output
-            video_features = torch.cat([rgb, flow], dim=-1).view(batch, frames, -1)
-        if video_features.shape[-1] != self.config.video_feature_size:
-            raise ValueError(
-                f"video_features have width {video_features.shape[-1]}, but this model expects "
-                f"{self.config.video_feature_size} (RGB + optical-flow features of its vision encoder, concatenated)."
-            )
-        return self.video_projector(video_features.to(self.video_projector.linear_1.weight.dtype))
+        return self.video_projector(self._video_inputs(pixel_values_videos, flow_values_videos, video_features))
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Vision-encoder patch features, projected: `(num_images, num_image_tokens, hidden)`."""
-        with torch.no_grad():
-            patches = self.vision_encoder(pixel_values=pixel_values).last_hidden_state
-        return self.image_projector(patches)
+        return self.image_projector(self.encode_image_patches(pixel_values))
+
+    @torch.no_grad()
+    def fit_projector_standardization(
+        self, batches: Iterable[Mapping[str, Any]], refit: bool = True
+    ) -> dict[str, int]:
+        """
+        Sets each projector's input standardization (see `C3LLMProjector`) from the frozen encoders' features of
+        `batches` (processor outputs); returns how many feature vectors each modality gave. A projector that gets none
+        keeps its standardization, and so does one already standardized when `refit=False`.
+        """
+        collected: dict[str, list[torch.Tensor]] = {"audio": [], "video": [], "image": []}
+        for batch in batches:
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            if batch.get("input_features") is not None:
+                features = self.encode_audio_features(batch["input_features"], batch.get("is_longer"))
+                collected["audio"].append(features.flatten(0, 1))
+            if batch.get("video_features") is not None or batch.get("pixel_values_videos") is not None:
+                video = self._video_inputs(
+                    batch.get("pixel_values_videos"), batch.get("flow_values_videos"), batch.get("video_features")
+                )
+                mask = batch.get("video_frames_mask")
+                collected["video"].append(video[mask.bool()] if mask is not None else video.flatten(0, 1))
+            if batch.get("pixel_values") is not None:
+                collected["image"].append(self.encode_image_patches(batch["pixel_values"]).flatten(0, 1))
+        for name, parts in collected.items():
+            projector = getattr(self, f"{name}_projector")
+            if parts and (refit or not projector.is_standardized):
+                projector.fit_standardization(torch.cat(parts).float())
+        return {name: sum(len(part) for part in parts) for name, parts in collected.items()}
 
     @staticmethod
     def _scatter_features(

@@ -14,6 +14,7 @@ processor, loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -22,14 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
 
 from processing_c3llm.collator_c3llm import C3LLMDataCollator, with_tasks
 from processing_c3llm.processing_c3llm import TASKS
 
 from .modeling_c3llm import C3LLMForConditionalGeneration
+
+
+logger = logging.get_logger(__name__)
 
 
 PROG = "c3llm train"
@@ -75,6 +81,17 @@ class ModelArguments:
         metadata={
             "help": "A stage-1 adapter folder. Stage 1: continue training it. Stage 2: merge it into the model first."
         },
+    )
+    standardize_features: bool = field(
+        default=True,
+        metadata={
+            "help": "Stages 0 and 1: before training, fit each projector's input standardization (per-channel mean and "
+            "std of the frozen encoder's features) on --standardize_examples training examples. Projectors already "
+            "standardized (a model trained before) keep theirs."
+        },
+    )
+    standardize_examples: int = field(
+        default=256, metadata={"help": "How many training examples (a seeded random sample) --standardize_features reads."}
     )
     dtype: str = field(
         default="float32",
@@ -444,6 +461,25 @@ def _audio_output_only(dataset):
     return kept
 
 
+def standardize_projectors(model, processor, dataset, max_examples: int, seed: int = 0) -> dict[str, int]:
+    """Fits the standardization of the projectors not yet standardized on a seeded sample of `dataset`."""
+    from tqdm.auto import tqdm
+
+    if max_examples <= 0:
+        raise ValueError(f"standardize_examples must be positive, got {max_examples}.")
+    if hasattr(dataset, "__len__"):
+        order = np.random.default_rng(seed).permutation(len(dataset))[:max_examples]
+        rows = [dataset[int(i)] for i in order]
+    else:  # streaming: the first examples
+        rows = list(itertools.islice(iter(dataset), max_examples))
+    collator = C3LLMDataCollator(processor)
+    chunks = [rows[i : i + 16] for i in range(0, len(rows), 16)]
+    batches = (collator(chunk) for chunk in tqdm(chunks, desc="standardizing projector inputs", leave=False))
+    counts = model.fit_projector_standardization(batches, refit=False)
+    logger.info("Projector inputs standardized from %s feature vectors.", counts)
+    return counts
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -489,6 +525,8 @@ def run_training(
         eval_dataset = _limit(eval_dataset, data_args.max_eval_examples)
     if model_args.stage == 2:  # the NAR head learns from audio targets only
         train_dataset, eval_dataset = (_audio_output_only(d) for d in (train_dataset, eval_dataset))
+    if model_args.standardize_features and model_args.stage != 2:  # stage 2 keeps the projectors as they are
+        standardize_projectors(model, processor, train_dataset, model_args.standardize_examples, training_args.seed)
     set_seed(training_args.seed)  # the same LoRA initialisation whatever preprocessing consumed
     model = prepare_model(model, model_args)
     counts = trainable_parameter_counts(model)

@@ -251,3 +251,49 @@ def test_encode_decode_audio_round_trip_shapes(tiny):
     assert codes.shape == (1, 2, 75) and codes.min() >= 0 and codes.max() < 1024
     audio = model.decode_audio(codes)
     assert audio.shape == (1, 1, 24000) and torch.isfinite(audio).all()
+
+
+def test_projector_standardization_fits_encoder_features_and_round_trips(tiny_folder, media, tmp_path):
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(tiny_folder).eval()
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    batch = training_batch(processor, media, np.random.default_rng(0))
+    assert not any(p.is_standardized for p in (model.audio_projector, model.video_projector, model.image_projector))
+    with torch.no_grad():
+        before = model(**batch).logits
+    counts = model.fit_projector_standardization([batch])
+    frames = int(batch["video_frames_mask"].sum())
+    assert counts == {"audio": model.config.num_audio_tokens, "video": frames, "image": model.config.num_image_tokens}
+
+    raw = {
+        "audio": model.encode_audio_features(batch["input_features"], batch["is_longer"]).flatten(0, 1),
+        "video": model.encode_video_frames(batch["pixel_values_videos"], batch["flow_values_videos"])[
+            batch["video_frames_mask"].bool()
+        ],
+        "image": model.encode_image_patches(batch["pixel_values"]).flatten(0, 1),
+    }
+    for name, features in raw.items():
+        projector = getattr(model, f"{name}_projector")
+        standardized = (features - projector.feature_bias) * projector.feature_scale
+        varying = features.std(0) > 1e-2
+        assert standardized.mean(0).abs().max() < 1e-4, name
+        assert torch.allclose(standardized.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=2e-3)
+        expected = projector.linear_2(projector.act(projector.linear_1(standardized)))
+        assert torch.allclose(projector(features), expected, atol=1e-6)
+
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert not torch.allclose(before, after)  # the standardization reaches the LLM's inputs
+    model.save_pretrained(tmp_path / "standardized")
+    reloaded = AutoModel.from_pretrained(tmp_path / "standardized").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, after)
+
+    scale = reloaded.audio_projector.feature_scale.clone()
+    other = training_batch(processor, media, np.random.default_rng(1))
+    other["input_features"] = other["input_features"] * 0.5
+    reloaded.fit_projector_standardization([other], refit=False)
+    assert torch.equal(reloaded.audio_projector.feature_scale, scale)  # kept: already standardized
+    reloaded.fit_projector_standardization([other])
+    assert not torch.equal(reloaded.audio_projector.feature_scale, scale)

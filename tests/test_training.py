@@ -19,6 +19,7 @@ from transformers import AutoProcessor, TrainerCallback
 
 from modeling_c3llm import C3LLMForConditionalGeneration
 from modeling_c3llm.training_c3llm import (
+    PROJECTORS,
     C3LLMTrainingArguments,
     DataArguments,
     ModelArguments,
@@ -26,6 +27,7 @@ from modeling_c3llm.training_c3llm import (
     parse_args,
     prepare_model,
     run_training,
+    standardize_projectors,
 )
 from processing_c3llm.collator_c3llm import C3LLMDataCollator
 
@@ -171,6 +173,24 @@ def test_stage1_trains_only_lora_token_rows_and_projectors(stage1, tiny_folder):
     assert not torch.equal(merged_sd["language_model.model.layers.0.self_attn.q_proj.weight"],
                            base_sd["language_model.model.layers.0.self_attn.q_proj.weight"])
     assert merged.config.nar_loss_weight == base.config.nar_loss_weight == 1.0  # stage 1 trains with 0, saves 1
+
+
+def test_training_standardizes_projector_inputs_once(stage1, tiny_folder):
+    base = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)
+    merged = C3LLMForConditionalGeneration.from_pretrained(stage1["out"] / "merged")
+    expected = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)
+    counts = standardize_projectors(expected, stage1["processor"], stage1["dataset"], 256, seed=0)
+    assert all(counts[name] > 0 for name in ("audio", "video", "image"))
+    for name in PROJECTORS:
+        assert not getattr(base, name).is_standardized and getattr(merged, name).is_standardized
+        for buffer in ("feature_bias", "feature_scale"):
+            assert torch.equal(getattr(getattr(merged, name), buffer), getattr(getattr(expected, name), buffer))
+    # A model trained before keeps its standardization when it trains again.
+    scale = merged.video_projector.feature_scale.clone()
+    standardize_projectors(merged, stage1["processor"], text_video_dataset(), 8)  # other video features
+    assert torch.equal(merged.video_projector.feature_scale, scale)
+    with pytest.raises(ValueError, match="standardize_examples must be positive"):
+        standardize_projectors(base, stage1["processor"], stage1["dataset"], 0)
 
 
 def test_stage1_with_an_untied_backbone_trains_the_lm_head_rows_too():
