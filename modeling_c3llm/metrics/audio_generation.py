@@ -41,7 +41,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"mismatched statistics: means {mu1.shape} and {mu2.shape}, covariances {sigma1.shape} "
                          f"and {sigma2.shape}; both sets must be embedded by the same model.")  # fmt: skip
-    covmean, _ = linalg.sqrtm(sigma1 @ sigma2, disp=False)
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():  # singular product: regularise, as pytorch-fid does
         offset = np.eye(len(mu1)) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))

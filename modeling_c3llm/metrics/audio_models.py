@@ -194,11 +194,21 @@ def load_audio_model(path: str | os.PathLike, architecture: str | None = None) -
     if architecture not in _ARCHITECTURES:
         raise ValueError(f"unknown audio model architecture {architecture!r} for {path}; "
                          f"expected one of {', '.join(_ARCHITECTURES)}.")  # fmt: skip
-    model = _ARCHITECTURES[architecture](config)
+    model = _ARCHITECTURES[architecture](config or _sizes_from_state(architecture, state))
     # The PANNs checkpoints also hold their front-end (STFT kernels, mel matrix), which is recomputed here.
     state = {k: v for k, v in state.items() if not k.startswith(("spectrogram_extractor.", "logmel_extractor."))}
     model.load_state_dict(state)
     return model.eval()
+
+
+def _sizes_from_state(architecture: str, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Layer widths of a checkpoint without a config (the original ones have the default widths)."""
+    if architecture == "cnn14":
+        channels = [state[f"conv_block{i}.conv1.weight"].shape[0] for i in range(1, 7) if f"conv_block{i}.conv1.weight" in state]
+        return {"channels": channels, "num_classes": state["fc_audioset.weight"].shape[0]}
+    convs = [state[f"features.{i}.weight"].shape[0] for i in (0, 3, 6, 11)]
+    return {"channels": convs, "hidden_size": state["embeddings.0.weight"].shape[0],
+            "embedding_size": state["embeddings.4.weight"].shape[0]}  # fmt: skip
 
 
 # ---- what the metrics call ------------------------------------------------------------------------------------------
