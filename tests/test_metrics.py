@@ -218,7 +218,7 @@ def test_kl_with_a_transformers_classifier_and_clap_score(tmp_path):
     )  # fmt: skip
     ClapModel(config).save_pretrained(tmp_path / "clap")
     extractor = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2,
-                                     fft_window_size=400, frequency_min=50, frequency_max=8000)  # fmt: skip
+                                     fft_window_size=400, frequency_min=50, frequency_max=8000, truncation="rand_trunc")  # fmt: skip
     ClapProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(tmp_path / "clap")
     clap = evaluate.load(metric_path("clap_score"))
     texts = ["a dog barks", "rain"]
