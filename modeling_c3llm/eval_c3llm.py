@@ -24,9 +24,13 @@ from processing_c3llm.media_c3llm import write_text
 
 from .metrics import audio_generation as gen_metrics
 from .metrics.audio_models import AudioClassifier, AudioEmbedder, ClapScorer
-from .metrics.captioning import CAPTION_METRICS, MissingToolError, caption_scores, corenlp_dir
+from .metrics.captioning import (
+    CAPTION_METRICS,
+    MissingToolError,
+    caption_scores,
+    corenlp_dir,
+)
 from .metrics.onsets import onset_metrics
-
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "metrics" / "paper_results.json"
 DATASETS = ("audiocaps", "clotho", "vggsound", "vas", "synthfoley")

@@ -17,7 +17,6 @@ import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 from scipy.signal import resample_poly
 
-
 logger = logging.getLogger(__name__)
 
 _MAX_AUDIO_CHANNELS = 8

@@ -11,10 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_c3llm.metrics import MODULES, clip_onset_scores, detect_onsets, metric_path
-from modeling_c3llm.metrics.audio_models import Cnn14, VGGish, load_audio_model, save_audio_model
-from modeling_c3llm.metrics.captioning import MissingToolError, caption_scores, find_java
-
+from modeling_c3llm.metrics import (
+    MODULES,
+    clip_onset_scores,
+    detect_onsets,
+    metric_path,
+)
+from modeling_c3llm.metrics.audio_models import (
+    Cnn14,
+    VGGish,
+    load_audio_model,
+    save_audio_model,
+)
+from modeling_c3llm.metrics.captioning import (
+    MissingToolError,
+    caption_scores,
+    find_java,
+)
 
 CORPUS = [  # Clotho-like: five references per clip
     ("a dog barks loudly near a road", ["a dog is barking", "dog barks twice at a car", "a dog barks near traffic",
@@ -150,7 +163,7 @@ def _tones(freqs, seconds=2.0, rate=24000):
 
 
 def test_vggish_and_cnn14_round_trip_and_load_original_checkpoints(tiny_audio_models, tmp_path):
-    vggish_dir, cnn14_dir, vggish, cnn14 = tiny_audio_models
+    vggish_dir, _, vggish, cnn14 = tiny_audio_models
     audio = _tones([440])[0]
     loaded = load_audio_model(vggish_dir)
     assert isinstance(loaded, VGGish)
@@ -191,8 +204,18 @@ def test_fad_kl_is_from_audio_with_tiny_models(tiny_audio_models):
 
 
 def test_kl_with_a_transformers_classifier_and_clap_score(tmp_path):
-    from transformers import (ASTConfig, ASTFeatureExtractor, ASTForAudioClassification, ClapAudioConfig, ClapConfig,
-                              ClapFeatureExtractor, ClapModel, ClapProcessor, ClapTextConfig, RobertaTokenizer)
+    from transformers import (
+        ASTConfig,
+        ASTFeatureExtractor,
+        ASTForAudioClassification,
+        ClapAudioConfig,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        ClapTextConfig,
+        RobertaTokenizer,
+    )
 
     torch.manual_seed(0)
     ast = ASTForAudioClassification(ASTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -262,7 +285,7 @@ def test_onsets_are_detected_where_the_clicks_are():
 
 def test_onset_scores_edge_cases():
     audio = _clicks([0.3, 0.9, 1.5])
-    at = lambda *seconds: [int(s * SR) for s in seconds]  # noqa: E731
+    at = lambda *seconds: [int(s * SR) for s in seconds]
     assert clip_onset_scores([], [], audio) == {"count_match": 1.0, "detection_accuracy": 0.0, "ap": 1.0}
     assert clip_onset_scores([], at(0.3), audio) == {"count_match": 0.0, "detection_accuracy": 0.0, "ap": 0.0}
     assert clip_onset_scores(at(0.3), [], audio) == {"count_match": 0.0, "detection_accuracy": 0.0, "ap": 0.0}

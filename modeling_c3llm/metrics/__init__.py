@@ -23,7 +23,6 @@ from .audio_generation import (
 from .captioning import CAPTION_METRICS, MissingToolError, caption_scores
 from .onsets import clip_onset_scores, detect_onsets, onset_metrics
 
-
 METRICS_DIR = Path(__file__).resolve().parent
 MODULES = ("audio_captioning", "frechet_audio_distance", "kl_divergence", "inception_score", "clap_score", "onset_sync")
 

@@ -30,7 +30,6 @@ from transformers.audio_utils import mel_filter_bank
 
 from processing_c3llm.media_c3llm import atomic_path, resample, write_text
 
-
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -289,7 +288,10 @@ class AudioClassifier:
                 raise ValueError(f"{path} holds a {self.model.config['architecture']} model, not a classifier.")
             self.sampling_rate, self.extractor = self.model.sampling_rate, None
         else:
-            from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+            from transformers import (
+                AutoFeatureExtractor,
+                AutoModelForAudioClassification,
+            )
 
             self.model = AutoModelForAudioClassification.from_pretrained(path).to(self.device).eval()
             self.extractor = AutoFeatureExtractor.from_pretrained(path)

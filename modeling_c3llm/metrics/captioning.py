@@ -20,7 +20,6 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-
 CAPTION_METRICS = ("bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 PAPER_CAPTION_METRICS = ("spider", "cider_d", "spice")  # Tables 1 and 4
 JAVA_METRICS = {"meteor", "spice", "spider"}  # the tokenizer needs Java for every metric
@@ -44,7 +43,7 @@ JAVA_VERSIONS = (8, 13)  # the Java major versions aac-metrics accepts (it refus
 def java_major_version(java: str | os.PathLike) -> int | None:
     """Major version of a Java executable (8 for "1.8.0_x", 11 for "11.0.13"), or None if it does not run."""
     try:
-        out = subprocess.run([os.fspath(java), "-version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([os.fspath(java), "-version"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
@@ -92,7 +91,7 @@ def _pycocoevalcap_dir() -> Path:
         raise MissingToolError(
             "The caption metrics take their Java programs from the `pycocoevalcap` package: `pip install pycocoevalcap`."
         ) from e
-    return Path(list(pycocoevalcap.__path__)[0])  # a namespace package: no __init__.py
+    return Path(next(iter(pycocoevalcap.__path__)))  # a namespace package: no __init__.py
 
 
 def _default_tools_dir() -> Path:

@@ -25,7 +25,6 @@ import numpy as np
 
 from processing_c3llm.media_c3llm import resample
 
-
 SAMPLING_RATE = 22050
 TOLERANCE = 0.1  # seconds: a generated onset closer than this to a reference onset detects it
 CONFIDENCE_WINDOW = 0.05  # seconds either side of an onset for its confidence

@@ -6,7 +6,6 @@ import evaluate
 
 from modeling_c3llm.metrics.captioning import CAPTION_METRICS, caption_scores
 
-
 _DESCRIPTION = """Corpus-level audio-captioning scores after PTB tokenization, each candidate against all its references.
 SPIDEr is the mean of CIDEr-D and SPICE. METEOR, SPICE and the tokenizer run Java programs; SPICE also needs the
 Stanford CoreNLP 3.6.0 jars (the error says how to add them)."""

@@ -6,7 +6,6 @@ import evaluate
 from modeling_c3llm.metrics.audio_generation import clap_score
 from modeling_c3llm.metrics.audio_models import ClapScorer, as_waveforms, resolve
 
-
 _DESCRIPTION = """Mean cosine similarity between the CLAP embedding of each generated clip and of its text prompt."""
 
 _KWARGS = """

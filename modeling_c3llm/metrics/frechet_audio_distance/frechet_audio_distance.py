@@ -4,9 +4,11 @@ import datasets
 import evaluate
 import numpy as np
 
-from modeling_c3llm.metrics.audio_generation import frechet_audio_distance, stack_embeddings
+from modeling_c3llm.metrics.audio_generation import (
+    frechet_audio_distance,
+    stack_embeddings,
+)
 from modeling_c3llm.metrics.audio_models import AudioEmbedder, as_waveforms, resolve
-
 
 _DESCRIPTION = """Fréchet distance between the Gaussians fitted to the embeddings of generated and of reference audio
 (Kilgour et al. 2019). VGGish embeddings (one per 0.96 s patch) as in the paper; PANNs CNN14 and CLAP as options."""

@@ -7,7 +7,6 @@ import numpy as np
 from modeling_c3llm.metrics.audio_generation import inception_score, posteriors
 from modeling_c3llm.metrics.audio_models import AudioClassifier, as_waveforms, resolve
 
-
 _DESCRIPTION = """exp(E_x KL(p(y|x) ‖ p(y))) of classifier posteriors (softmax of its logits, as torch-fidelity and
 AudioLDM compute it), mean and standard deviation over splits. The default classifier is PANNs CNN14."""
 

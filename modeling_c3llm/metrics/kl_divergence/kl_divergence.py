@@ -7,7 +7,6 @@ import numpy as np
 from modeling_c3llm.metrics.audio_generation import kl_divergence, posteriors
 from modeling_c3llm.metrics.audio_models import AudioClassifier, as_waveforms, resolve
 
-
 _DESCRIPTION = """Mean over clip pairs of KL(p_ref ‖ p_gen) of a pretrained audio classifier's posteriors, with
 AudioLDM's 1e-6 floor inside the log. The default classifier is PANNs CNN14 (AudioSet)."""
 

@@ -6,7 +6,6 @@ import evaluate
 from modeling_c3llm.metrics.audio_models import as_waveforms
 from modeling_c3llm.metrics.onsets import TOLERANCE, onset_metrics
 
-
 _DESCRIPTION = """Synchronization of generated with reference audio: the share of clips with as many onsets as the
 reference ("# onset accuracy"), the onset AP and the share of reference onsets detected within 0.1 s."""
 
