@@ -10,6 +10,8 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,8 +63,9 @@ def make_processor(config: C3LLMConfig, tokenizer, feature_extractor, codec_feat
     )
 
 
-def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor, out_dir: str | os.PathLike) -> Path:
-    """Saves model and processor into `out_dir` atomically: written to a sibling temp folder, then renamed."""
+@contextmanager
+def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yields a sibling temp folder to write into; renamed to `out_dir` on success, removed on any error."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or remove it first.")
@@ -72,15 +75,29 @@ def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor,
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should be an ordinary folder
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        yield staging
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
+
+
+def save_folder(
+    model: C3LLMForConditionalGeneration,
+    processor: C3LLMProcessor,
+    out_dir: str | os.PathLike,
+    max_shard_size: str | int = "5GB",
+) -> Path:
+    """Saves model (safetensors, sharded above `max_shard_size`), processor and model card into `out_dir` atomically."""
+    from .model_card import render_model_card
+
+    with atomic_folder(out_dir) as staging:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        processor.save_pretrained(staging)
+        render_model_card(model.config).save(staging / "README.md")
+    return Path(out_dir)
 
 
 def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed: int = 0):
