@@ -26,7 +26,12 @@ from transformers import (
     GemmaTokenizer,
 )
 
-from modeling_c3llm import C3LLM_SPECIAL_TOKENS, C3LLMConfig, C3LLMForConditionalGeneration, C3LLMNARConfig
+from modeling_c3llm import (
+    C3LLM_SPECIAL_TOKENS,
+    C3LLMConfig,
+    C3LLMForConditionalGeneration,
+    C3LLMNARConfig,
+)
 from processing_c3llm import C3LLMProcessor
 from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN
 

@@ -13,10 +13,13 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import ClapAudioConfig, ClapAudioModelWithProjection, ClapFeatureExtractor
+from transformers import (
+    ClapAudioConfig,
+    ClapAudioModelWithProjection,
+    ClapFeatureExtractor,
+)
 
 from .checkpoints import load_converted, load_foreign_checkpoint, rename
-
 
 AUDIO_PREFIXES = ("audio_branch.", "audio_projection.")
 # Parts of the audio branch that transformers does not have: the on-the-fly STFT/log-mel (the feature extractor

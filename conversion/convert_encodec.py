@@ -15,7 +15,6 @@ from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
 from .checkpoints import load_converted, load_foreign_checkpoint, rename
 
-
 # Original module paths -> transformers ones. SConv1d/SConvTranspose1d wrap a `conv`/`convtr` and a `norm`; the
 # transformers port keeps the inner conv as `conv` and the norm as `norm` directly on the layer.
 RULES = (

@@ -17,10 +17,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # laion_clap's imports reach for the Hub otherwise
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import nn  # noqa: E402
-
+import torch
+from safetensors.torch import save_file
+from torch import nn
 
 KINDS = ("encodec_24khz", "encodec_48khz", "clap", "clap_fusion")
 
@@ -98,11 +97,11 @@ def make_clap(fusion: bool, out_dir: Path, generator: torch.Generator) -> None:
     # HTSAT-tiny, as in 630k-audioset-best.pt and the fusion checkpoints (fusion type "aff_2d", as the package's
     # CLAP_Module uses). The text branch is the package's own small transformer: it builds offline, and the converter
     # must skip text weights whatever they are.
-    audio_cfg = dict(
-        model_type="HTSAT", model_name="tiny", sample_rate=48000, audio_length=1024, window_size=1024, hop_size=480,
-        fmin=50, fmax=14000, class_num=527, mel_bins=64, clip_samples=480000,
-    )
-    text_cfg = dict(context_length=77, vocab_size=100, width=64, heads=2, layers=1, model_type="transformer")
+    audio_cfg = {
+        "model_type": "HTSAT", "model_name": "tiny", "sample_rate": 48000, "audio_length": 1024, "window_size": 1024,
+        "hop_size": 480, "fmin": 50, "fmax": 14000, "class_num": 527, "mel_bins": 64, "clip_samples": 480000,
+    }
+    text_cfg = {"context_length": 77, "vocab_size": 100, "width": 64, "heads": 2, "layers": 1, "model_type": "transformer"}
     model = CLAP(
         embed_dim=768, audio_cfg=audio_cfg, text_cfg=text_cfg, enable_fusion=fusion,
         fusion_type="aff_2d" if fusion else "None", joint_embed_shape=512, mlp_act="relu",
