@@ -105,6 +105,116 @@ def save_folder(
     return Path(out_dir)
 
 
+# The parts the paper uses, as the Hub serves them.
+DEFAULT_PARTS = {
+    "llm": "google/gemma-2b",
+    "codec": "facebook/encodec_24khz",
+    "audio_encoder": "laion/clap-htsat-unfused",
+    "vision_encoder": "openai/clip-vit-base-patch32",
+}
+# Modules C3LLM adds on top of the pretrained parts; initialised fresh.
+NEW_MODULES = ("audio_projector", "video_projector", "image_projector", "nar_head")
+
+
+def pad_tokenizer_to(tokenizer, vocab_size: int):
+    """Fills the gap when a backbone's embedding matrix is larger than its tokenizer (rows kept for alignment)."""
+    missing = vocab_size - len(tokenizer)
+    if missing < 0:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the LLM's vocab_size is {vocab_size}; they must come "
+            "from the same checkpoint."
+        )
+    if missing:
+        tokenizer.add_tokens([f"<|c3llm_unused_{i}|>" for i in range(missing)], special_tokens=True)
+    return tokenizer
+
+
+def _load_part(module_type, source: str, config, dtype, name: str):
+    try:
+        return module_type.from_pretrained(source, config=config, dtype=dtype)
+    except OSError as e:
+        raise ValueError(
+            f"Could not load the {name} from {source!r}: {e}. Give a Hub id (with network access, or cached) or a "
+            "folder holding config.json and safetensors weights."
+        ) from e
+
+
+def assemble_pretrained(
+    llm: str = DEFAULT_PARTS["llm"],
+    codec: str = DEFAULT_PARTS["codec"],
+    audio_encoder: str = DEFAULT_PARTS["audio_encoder"],
+    vision_encoder: str = DEFAULT_PARTS["vision_encoder"],
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **config_kwargs,
+) -> tuple[C3LLMForConditionalGeneration, C3LLMProcessor]:
+    """Builds C3LLM from pretrained parts (Hub ids or local folders).
+
+    The LLM's tokenizer is extended with the acoustic and marker tokens and its embeddings resized; the new rows, the
+    projectors and the NAR head are initialised fresh (as in `assemble`), everything else keeps its pretrained weights.
+    Each part is loaded once into the final model (the rest of the skeleton lives on the meta device), so assembling
+    never holds two copies of the weights. `config_kwargs` go to `C3LLMConfig` (e.g. `num_codebooks`, `nar_config`).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoFeatureExtractor,
+        AutoImageProcessor,
+        AutoTokenizer,
+        ClapAudioConfig,
+        CLIPVisionConfig,
+    )
+
+    def load(factory, source, name):
+        try:
+            return factory.from_pretrained(source)
+        except OSError as e:
+            raise ValueError(f"Could not load the {name} from {source!r}: {e}") from e
+
+    tokenizer = load(AutoTokenizer, llm, "LLM tokenizer")
+    text_config = load(AutoConfig, llm, "LLM config")
+    pad_tokenizer_to(tokenizer, text_config.vocab_size)
+    audio_config = load(ClapAudioConfig, audio_encoder, "audio encoder config")  # the audio side of a ClapConfig too
+    vision_config = load(CLIPVisionConfig, vision_encoder, "vision encoder config")  # the vision side of a CLIPConfig
+    config = C3LLMConfig(
+        text_config=text_config,
+        codec_config=load(AutoConfig, codec, "codec config"),
+        audio_config=audio_config,
+        vision_config=vision_config,
+        **config_kwargs,
+    )
+    tokenizer = extend_tokenizer(tokenizer, config)
+
+    with torch.device("meta"):
+        model = C3LLMForConditionalGeneration(config)
+    language_model = _load_part(type(model.language_model), llm, None, dtype, "LLM")  # its own, unextended config
+    language_model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=False)
+    model.language_model = language_model
+    model.config.text_config = language_model.config
+    for name, source in (("codec", codec), ("audio_encoder", audio_encoder), ("vision_encoder", vision_encoder)):
+        part = getattr(model, name)
+        setattr(model, name, _load_part(type(part), source, part.config, dtype, name.replace("_", " ")))
+    torch.manual_seed(seed)
+    parameter_dtype = dtype or language_model.dtype
+    for name in NEW_MODULES:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        module.to_empty(device="cpu")
+        for sub in module.modules():
+            model._init_weights(sub)
+        module.to(parameter_dtype)
+    model.freeze_encoders()
+    init_new_token_rows(model)
+    processor = make_processor(
+        config,
+        tokenizer,
+        load(AutoFeatureExtractor, audio_encoder, "audio feature extractor"),
+        load(AutoFeatureExtractor, codec, "codec feature extractor"),
+        load(AutoImageProcessor, vision_encoder, "image processor"),
+    )
+    return model.eval(), processor
+
+
 def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed: int = 0):
     """Builds a randomly initialised model (new embedding rows: near the mean of the text rows) and its processor."""
     tokenizer = extend_tokenizer(tokenizer, config)

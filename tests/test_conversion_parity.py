@@ -20,10 +20,7 @@ from conversion.convert_encodec import convert_encodec_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = Path(os.environ.get("C3LLM_REFERENCE_PYTHON", ROOT / ".venv-reference" / "bin" / "python"))
-README_COMMAND = (
-    'python3 -m venv .venv-reference && .venv-reference/bin/pip install "torch==2.9.1" "torchaudio==2.9.1" '
-    '"torchvision==0.24.1" "numpy<2" "encodec==0.1.1" "laion-clap==1.1.7" safetensors'
-)
+README_COMMAND = "python3 -m venv .venv-reference && .venv-reference/bin/pip install -r conversion/reference/requirements.txt"
 ATOL = 1e-5
 
 
