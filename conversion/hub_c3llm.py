@@ -128,8 +128,12 @@ def cmd_build_pretrained(args: argparse.Namespace) -> str:
     if any(_is_hub_id(source) for source in sources.values()):
         allow_hub_access()
     start = time.perf_counter()
+    try:
+        nar_config = json.loads(args.nar_config) if args.nar_config else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--nar-config must be a JSON object of C3LLMNARConfig fields: {e}") from e
     model, processor = assemble_pretrained(**sources, dtype=DTYPES[args.dtype], seed=args.seed,
-                                           num_codebooks=args.num_codebooks)
+                                           num_codebooks=args.num_codebooks, nar_config=nar_config)
     save_folder(model, processor, args.out, max_shard_size=args.max_shard_size)
     parameters = sum(p.numel() for p in model.parameters())
     return (f"assembled C3LLM from {args.llm} ({parameters / 1e6:.1f} M parameters, {args.dtype}) in {args.out} "
@@ -146,6 +150,9 @@ def add_build_source_flags(group: argparse._ArgumentGroup, build: argparse.Argum
     group.add_argument("--vision-encoder", default=DEFAULT_PARTS["vision_encoder"], metavar="ID_OR_DIR",
                        help="CLIP model or CLIP vision model")
     build.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the saved weights")
+    build.add_argument("--nar-config", metavar="JSON",
+                       help='NAR head size as JSON, e.g. \'{"hidden_size": 512, "num_hidden_layers": 6}\' '
+                       "(default: C3LLMNARConfig's 1024 wide, 12 layers)")
     build.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                        help="largest safetensors file; bigger models are sharded (e.g. 2GB, 500MB)")
 

@@ -42,7 +42,7 @@ def save_standin_parts(
     tokenizer = tiny_tokenizer()
     sizes = tiny_config(len(tokenizer))
     text = sizes.text_config.to_dict()
-    text.update(vocab_size=len(tokenizer), **(llm_overrides or {}))
+    text.update({"vocab_size": len(tokenizer), **(llm_overrides or {})})
     for key in ("model_type", "transformers_version", "architectures", "dtype"):
         text.pop(key, None)
     parts = {name: root / name for name in ("llm", "codec", "audio_encoder", "vision_encoder")}

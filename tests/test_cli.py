@@ -84,8 +84,8 @@ def image_png(tmp_path_factory):
 
 
 HELP_FLAGS = {
-    "build": ["--tiny", "--llm", "--codec", "--audio-encoder", "--vision-encoder", "--dtype", "--max-shard-size",
-              "--out", "--seed", "--num-codebooks"],
+    "build": ["--tiny", "--llm", "--codec", "--audio-encoder", "--vision-encoder", "--dtype", "--nar-config",
+              "--max-shard-size", "--out", "--seed", "--num-codebooks"],
     "merge": ["--base", "--adapter", "--out", "--dtype", "--max-shard-size"],
     "push": ["--private", "--revision", "--create-pr", "--message", "--dry-run"],
     "convert": ["--out"],

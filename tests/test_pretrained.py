@@ -43,6 +43,8 @@ def assembled(parts, tmp_path_factory):
     out = tmp_path_factory.mktemp("assembled") / "c3llm"
     result = run_cli("build", "--llm", parts["llm"], "--codec", parts["codec"], "--audio-encoder",
                      parts["audio_encoder"], "--vision-encoder", parts["vision_encoder"], "--max-shard-size", "300KB",
+                     "--nar-config", '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, '
+                     '"intermediate_size": 64}',
                      "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "assembled C3LLM" in result.stdout
