@@ -21,12 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import add_backbone_arguments  # noqa: E402
-
+from benchmarks.common import add_backbone_arguments
 
 LOADER = r"""
 import json, os, sys, time
