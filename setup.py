@@ -13,7 +13,10 @@ from setuptools import setup
 # resolver finds compatible; the versions in the development venv are the known-good ones (see README "Install").
 PINNED = [
     # The CPU build of torch 2.13.0 lies on disk on the project's machines (pip takes it offline); any other version
-    # pulls a multi-GB CUDA build. A later issue may move to 2.9.1 for torchaudio/encodec.
+    # pulls a multi-GB CUDA build. The original `encodec` and `laion-clap` packages (parity tests only) need
+    # torchaudio, which stops at 2.11: they live in the separate reference venv (README "Parity tests"), whose pins
+    # are in conversion/reference/requirements.txt (that venv is not this package's install; its pins, with reasons,
+    # live next to the script it runs).
     "torch==2.13.0",
     # The code uses transformers v5 APIs: PreTrainedConfig, ProcessorMixin's attribute inference,
     # AutoModelForMultimodalLM, CLIPImageProcessorPil.
@@ -39,7 +42,8 @@ PINNED = [
 
 REQUIRED = [
     "safetensors",  # model.safetensors is read and written through transformers
-    "huggingface-hub",  # offline mode (HF_HUB_OFFLINE) and folder loading through transformers
+    "huggingface-hub",  # offline mode, folder loading, `c3llm push` (HfApi) and the model card (ModelCard)
+    "jinja2",  # huggingface_hub.ModelCard.from_template renders the model card
     # The training stack (Trainer recipes, LoRA, dataset loaders); evaluate loads the metric modules.
     "accelerate",
     "peft",
@@ -67,8 +71,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["modeling_c3llm", "modeling_c3llm.metrics", "processing_c3llm", "conversion"],
-    # The Trainer recipes, the evaluate metric modules with the paper's numbers, and the SynthFoley codec checkpoint.
-    package_data={"modeling_c3llm": ["recipes/*.yaml", "metrics/*/*.py", "metrics/*.json"], "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors"]},
+    # The Trainer recipes, the evaluate metric modules with the paper's numbers, the SynthFoley codec checkpoint, the
+    # model-card template and the reference scripts of the parity tests.
+    package_data={
+        "modeling_c3llm": ["recipes/*.yaml", "metrics/*/*.py", "metrics/*.json"],
+        "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors", "templates/*.md", "reference/*.py"],
+    },
     install_requires=PINNED + REQUIRED,
     extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": ["c3llm=modeling_c3llm.cli:main"]},

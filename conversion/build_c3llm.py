@@ -10,6 +10,8 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,7 +26,12 @@ from transformers import (
     GemmaTokenizer,
 )
 
-from modeling_c3llm import C3LLM_SPECIAL_TOKENS, C3LLMConfig, C3LLMForConditionalGeneration, C3LLMNARConfig
+from modeling_c3llm import (
+    C3LLM_SPECIAL_TOKENS,
+    C3LLMConfig,
+    C3LLMForConditionalGeneration,
+    C3LLMNARConfig,
+)
 from processing_c3llm import C3LLMProcessor
 from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN
 
@@ -61,8 +68,9 @@ def make_processor(config: C3LLMConfig, tokenizer, feature_extractor, codec_feat
     )
 
 
-def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor, out_dir: str | os.PathLike) -> Path:
-    """Saves model and processor into `out_dir` atomically: written to a sibling temp folder, then renamed."""
+@contextmanager
+def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yields a sibling temp folder to write into; renamed to `out_dir` on success, removed on any error."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or remove it first.")
@@ -72,15 +80,139 @@ def save_folder(model: C3LLMForConditionalGeneration, processor: C3LLMProcessor,
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should be an ordinary folder
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        yield staging
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out_dir
+
+
+def save_folder(
+    model: C3LLMForConditionalGeneration,
+    processor: C3LLMProcessor,
+    out_dir: str | os.PathLike,
+    max_shard_size: str | int = "5GB",
+) -> Path:
+    """Saves model (safetensors, sharded above `max_shard_size`), processor and model card into `out_dir` atomically."""
+    from .model_card import render_model_card
+
+    with atomic_folder(out_dir) as staging:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        processor.save_pretrained(staging)
+        render_model_card(model.config).save(staging / "README.md")
+    return Path(out_dir)
+
+
+# The parts the paper uses, as the Hub serves them.
+DEFAULT_PARTS = {
+    "llm": "google/gemma-2b",
+    "codec": "facebook/encodec_24khz",
+    "audio_encoder": "laion/clap-htsat-unfused",
+    "vision_encoder": "openai/clip-vit-base-patch32",
+}
+# Modules C3LLM adds on top of the pretrained parts; initialised fresh.
+NEW_MODULES = ("audio_projector", "video_projector", "image_projector", "nar_head")
+
+
+def pad_tokenizer_to(tokenizer, vocab_size: int):
+    """Fills the gap when a backbone's embedding matrix is larger than its tokenizer (rows kept for alignment)."""
+    missing = vocab_size - len(tokenizer)
+    if missing < 0:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the LLM's vocab_size is {vocab_size}; they must come "
+            "from the same checkpoint."
+        )
+    if missing:
+        tokenizer.add_tokens([f"<|c3llm_unused_{i}|>" for i in range(missing)], special_tokens=True)
+    return tokenizer
+
+
+def _load_part(module_type, source: str, config, dtype, name: str):
+    try:
+        return module_type.from_pretrained(source, config=config, dtype=dtype)
+    except OSError as e:
+        raise ValueError(
+            f"Could not load the {name} from {source!r}: {e}. Give a Hub id (with network access, or cached) or a "
+            "folder holding config.json and safetensors weights."
+        ) from e
+
+
+def assemble_pretrained(
+    llm: str = DEFAULT_PARTS["llm"],
+    codec: str = DEFAULT_PARTS["codec"],
+    audio_encoder: str = DEFAULT_PARTS["audio_encoder"],
+    vision_encoder: str = DEFAULT_PARTS["vision_encoder"],
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    **config_kwargs,
+) -> tuple[C3LLMForConditionalGeneration, C3LLMProcessor]:
+    """Builds C3LLM from pretrained parts (Hub ids or local folders).
+
+    The LLM's tokenizer is extended with the acoustic and marker tokens and its embeddings resized; the new rows, the
+    projectors and the NAR head are initialised fresh (as in `assemble`), everything else keeps its pretrained weights.
+    Each part is loaded once into the final model (the rest of the skeleton lives on the meta device), so assembling
+    never holds two copies of the weights. `config_kwargs` go to `C3LLMConfig` (e.g. `num_codebooks`, `nar_config`).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoFeatureExtractor,
+        AutoImageProcessor,
+        AutoTokenizer,
+        ClapAudioConfig,
+        CLIPVisionConfig,
+    )
+
+    def load(factory, source, name):
+        try:
+            return factory.from_pretrained(source)
+        except OSError as e:
+            raise ValueError(f"Could not load the {name} from {source!r}: {e}") from e
+
+    tokenizer = load(AutoTokenizer, llm, "LLM tokenizer")
+    text_config = load(AutoConfig, llm, "LLM config")
+    pad_tokenizer_to(tokenizer, text_config.vocab_size)
+    audio_config = load(ClapAudioConfig, audio_encoder, "audio encoder config")  # the audio side of a ClapConfig too
+    vision_config = load(CLIPVisionConfig, vision_encoder, "vision encoder config")  # the vision side of a CLIPConfig
+    config = C3LLMConfig(
+        text_config=text_config,
+        codec_config=load(AutoConfig, codec, "codec config"),
+        audio_config=audio_config,
+        vision_config=vision_config,
+        **config_kwargs,
+    )
+    tokenizer = extend_tokenizer(tokenizer, config)
+
+    with torch.device("meta"):
+        model = C3LLMForConditionalGeneration(config)
+    language_model = _load_part(type(model.language_model), llm, None, dtype, "LLM")  # its own, unextended config
+    language_model.resize_token_embeddings(config.text_config.vocab_size, mean_resizing=False)
+    model.language_model = language_model
+    model.config.text_config = language_model.config
+    for name, source in (("codec", codec), ("audio_encoder", audio_encoder), ("vision_encoder", vision_encoder)):
+        part = getattr(model, name)
+        setattr(model, name, _load_part(type(part), source, part.config, dtype, name.replace("_", " ")))
+    torch.manual_seed(seed)
+    parameter_dtype = dtype or language_model.dtype
+    for name in NEW_MODULES:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        module.to_empty(device="cpu")
+        for sub in module.modules():
+            model._init_weights(sub)
+        module.to(parameter_dtype)
+    model.freeze_encoders()
+    init_new_token_rows(model)
+    processor = make_processor(
+        config,
+        tokenizer,
+        load(AutoFeatureExtractor, audio_encoder, "audio feature extractor"),
+        load(AutoFeatureExtractor, codec, "codec feature extractor"),
+        load(AutoImageProcessor, vision_encoder, "image processor"),
+    )
+    return model.eval(), processor
 
 
 def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed: int = 0):

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import os
 
-
-# The CLI never needs the network: model folders are local and nothing is downloaded at run time.
+# Offline by default: model folders are local and nothing is downloaded at run time. `push`, and `build` from Hub
+# ids, lift this unless the user set HF_HUB_OFFLINE themselves (conversion.hub_c3llm.allow_hub_access).
+OFFLINE_SET_BY_USER = "HF_HUB_OFFLINE" in os.environ
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import argparse  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from processing_c3llm.media_c3llm import MediaError, atomic_path, write_text, write_wav  # noqa: E402
-from processing_c3llm.processing_c3llm import TASKS  # noqa: E402
-
+from processing_c3llm.media_c3llm import MediaError, atomic_path, write_text, write_wav
+from processing_c3llm.processing_c3llm import TASKS
 
 PROG = "c3llm"
 # CLI flag of each input a task can need (the keys of TASKS[task][0]).
@@ -106,9 +106,10 @@ def _check_empty_dir(path: Path, flag: str) -> None:
 # ---- model loading and the one task runner shared by `generate` and `tour` ------------------------------------------
 def load_model(model_dir: str | os.PathLike):
     """Loads a C3LLM folder with AutoModel/AutoProcessor (the package registers the Auto classes)."""
+    from transformers import AutoModel, AutoProcessor
+
     import modeling_c3llm  # noqa: F401  (registers AutoModel)
     import processing_c3llm  # noqa: F401  (registers AutoProcessor)
-    from transformers import AutoModel, AutoProcessor
 
     path = Path(model_dir)
     if not path.is_dir():
@@ -267,18 +268,17 @@ def run_task(
 
 # ---- build ----------------------------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if not args.tiny:
-        # Later: --llm/--codec/--audio-encoder/--vision-encoder select pretrained parts and are assembled here.
-        parser.error(
-            "assembling a model from pretrained parts (LLM, codec, audio and vision encoders) is not implemented "
-            "yet; use --tiny to build the tiny random model."
-        )
     from conversion.build_c3llm import build_tiny
 
     out = Path(args.out)
     _check_empty_dir(out, "--out")
     start = time.perf_counter()
     try:
+        if not args.tiny:
+            from conversion.hub_c3llm import cmd_build_pretrained
+
+            print(cmd_build_pretrained(args))
+            return 0
         model, _ = build_tiny(out, seed=args.seed, num_codebooks=args.num_codebooks)
     except (ValueError, FileExistsError) as e:
         raise CLIError(str(e)) from e
@@ -446,6 +446,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 BUILD_EPILOG = """examples:
+  c3llm build --out models/c3llm                       # google/gemma-2b, facebook/encodec_24khz, laion/clap-htsat-unfused, CLIP
+  c3llm build --llm parts/llm --codec parts/codec --audio-encoder parts/clap --vision-encoder parts/clip \\
+      --dtype bfloat16 --max-shard-size 2GB --out models/c3llm
   c3llm build --tiny --out models/tiny
   c3llm build --tiny --out models/tiny-4cb --num-codebooks 4 --seed 1
 
@@ -495,19 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build",
         help="build a model folder",
-        description="Build a C3LLM model folder (model weights, configs, processor and code), offline.",
+        description="Build a C3LLM model folder (weights, configs, processor, code, model card): from pretrained\n"
+        "parts, or the tiny random model with --tiny.",
         epilog=BUILD_EPILOG,
         formatter_class=_HelpFormatter,
     )
-    # Where the parts come from. Only --tiny exists now; flags choosing pretrained parts (--llm, --codec,
-    # --audio-encoder, --vision-encoder) join this group when assembling from pretrained parts is implemented.
-    source = build.add_argument_group("model source")
+    source = build.add_argument_group("model source (pretrained parts: Hub ids or local folders)")
     source.add_argument(
         "--tiny",
         action="store_true",
-        help="build the tiny random model (a few hundred thousand parameters, every part real but narrow); "
-        "required for now: assembling from pretrained parts is not implemented yet",
+        help="build the tiny random model instead (a few hundred thousand parameters, every part real but narrow)",
     )
+    from conversion.hub_c3llm import add_build_source_flags
+
+    add_build_source_flags(source, build)
     build.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write the model into")
     build.add_argument("--seed", type=int, default=0, help="random seed of the weight initialisation")
     build.add_argument(
@@ -578,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval_c3llm import add_eval_parser
 
     add_eval_parser(commands, _HelpFormatter)
+    from conversion.hub_c3llm import add_hub_commands
+
+    add_hub_commands(commands, _HelpFormatter)
     return parser
 
 
@@ -593,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return args.handler(args, args.subparser)
-    except CLIError as e:
+    except (CLIError, ValueError, FileExistsError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

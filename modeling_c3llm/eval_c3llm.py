@@ -10,7 +10,6 @@ Writes `results.json` and `results.md` (our row beside the paper's C3LLM and CoD
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -265,26 +264,14 @@ METRIC_NAMES = {"fad": "FAD", "kl": "KL", "inception_score": "ISc", "clap_score"
 TASK_TYPES = {"audio-to-text": "audio-to-text", "text-to-audio": "text-to-audio", "video-to-audio": "video-to-audio"}
 
 
-def update_model_index(card_path: str | os.PathLike, results: dict[str, Any], model_name: str) -> None:
-    """Writes the scores into the `model-index` of a model card's YAML front matter (replacing earlier results for
-    the same task and dataset), keeping the rest of the card; written atomically."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    card_path = Path(card_path)
-    card = ModelCard.load(card_path) if card_path.is_file() else ModelCard("---\n---\n")
-    data = card.data if isinstance(card.data, ModelCardData) else ModelCardData(**card.data.to_dict())
+def model_index_results(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scores of `results` as `EvalResult` fields, for `conversion.model_card.update_model_index`."""
     dataset = results["dataset"]
-    new = [
-        EvalResult(task_type=TASK_TYPES[task], dataset_type=dataset, dataset_name=dataset,
-                   dataset_split=results["split"], metric_type=key, metric_name=METRIC_NAMES[key], metric_value=value)
+    return [
+        dict(task_type=TASK_TYPES[task], dataset_type=dataset, dataset_name=dataset, dataset_split=results["split"],
+             metric_type=key, metric_name=METRIC_NAMES[key], metric_value=value)
         for task, entry in results["tasks"].items() for key, value in entry["scores"].items() if key in METRIC_NAMES
     ]  # fmt: skip
-    kept = [r for r in (data.eval_results or []) if (r.task_type, r.dataset_type) not in
-            {(r2.task_type, r2.dataset_type) for r2 in new}]  # fmt: skip
-    data.eval_results = kept + new
-    data.model_name = data.model_name or model_name
-    card.data = data
-    write_text(card_path, str(card))
 
 
 # ---- command line -------------------------------------------------------------------------------------------------
@@ -365,7 +352,9 @@ def cmd_eval(args, parser) -> int:
     table = markdown_tables(results)
     write_text(args.out / "results.md", table)
     if args.model_card:
-        update_model_index(args.model_card, results, Path(args.model).name)
+        from conversion.model_card import update_model_index
+
+        update_model_index(args.model_card, model_index_results(results))
     print(table)
     timing = results["timing"]
     total = timing["generation_s"] + timing["metrics_s"]

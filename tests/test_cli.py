@@ -84,7 +84,11 @@ def image_png(tmp_path_factory):
 
 
 HELP_FLAGS = {
-    "build": ["--tiny", "--out", "--seed", "--num-codebooks"],
+    "build": ["--tiny", "--llm", "--codec", "--audio-encoder", "--vision-encoder", "--dtype", "--nar-config",
+              "--max-shard-size", "--out", "--seed", "--num-codebooks"],
+    "merge": ["--base", "--adapter", "--out", "--dtype", "--max-shard-size"],
+    "push": ["--private", "--revision", "--create-pr", "--message", "--dry-run"],
+    "convert": ["--out"],
     "generate": [
         "--model", "--task", "--text", "--audio", "--video", "--image", "--video-features", "--seconds",
         "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--out",
@@ -117,9 +121,9 @@ def test_build_tiny_writes_a_model_folder(model_dir):
         assert (model_dir / name).is_file(), name
 
 
-def test_build_without_tiny_explains_it_is_not_implemented(tmp_path):
-    result = run_cli("build", "--out", tmp_path / "m")
-    assert_usage_error(result, "not implemented", "--tiny")
+def test_build_from_unreachable_hub_ids_fails_clearly_offline(tmp_path):
+    result = run_cli("build", "--out", tmp_path / "m")  # the default parts are Hub ids; the tests are offline
+    assert_usage_error(result, "c3llm: error:", "google/gemma-2b")
     assert not (tmp_path / "m").exists()
 
 

@@ -52,9 +52,10 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     assert values[("video-to-audio", "onset_ap")] == pytest.approx(onset_ap)
     assert values[("text-to-audio", "fad")] == pytest.approx(tasks["text-to-audio"]["scores"]["fad"])
     # A second run replaces the same task/dataset results instead of appending duplicates.
-    from modeling_c3llm.eval_c3llm import update_model_index
+    from conversion.model_card import update_model_index
+    from modeling_c3llm.eval_c3llm import model_index_results
 
-    update_model_index(card, results, "tiny")
+    update_model_index(card, model_index_results(results))
     assert len(ModelCard.load(card).data.eval_results) == len(loaded.data.eval_results)
 
 

@@ -1,0 +1,145 @@
+"""The Hub model card: rendered from `templates/model_card.md` with `huggingface_hub.ModelCard`, checked offline.
+
+    render_model_card(config, repo_id="me/c3llm", results=[...]).save("model_card.md")
+    update_model_index("runs/s1/merged/README.md", results)   # evaluation writes its figures into the card
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
+MODEL_NAME = "C3LLM"
+# (task, what it does, code run after the loading snippet). The card's tests run every snippet on a tiny model.
+TASK_EXAMPLES = (
+    ("text-to-audio", "Text in, audio out (C3LLM).", """\
+inputs = processor(text="a dog barks", task="text-to-audio")
+out = model.generate(**inputs, audio_length_in_s=2.0, do_sample=True)
+waveform = processor.decode_audio(out)[0]            # (channels, samples) at out.sampling_rate"""),
+    ("video-to-audio", "A silent video in, its soundtrack out (C3LLM).", """\
+inputs = processor(videos="clip.mp4", task="video-to-audio")
+out = model.generate(**inputs, audio_length_in_s=1.5, do_sample=True)
+waveform = processor.decode_audio(out)[0]"""),
+    ("audio-to-text", "Audio captioning (C3LLM).", """\
+inputs = processor(audio="clip.wav", task="audio-to-text")
+ids = model.generate(**inputs, max_new_tokens=20, do_sample=True)
+caption = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]"""),
+    ("video-to-caption", "Tell what you hear from what you see (VATT).", """\
+inputs = processor(videos="clip.mp4", task="video-to-caption")
+ids = model.generate(**inputs, max_new_tokens=20)
+caption = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]"""),
+    ("video-text-to-audio", "A video plus a text prompt that steers the sound (VATT).", """\
+inputs = processor(videos="clip.mp4", text="heavy rain", task="video-text-to-audio")
+out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True, top_k=50)"""),
+    ("image-to-audio", "An image in, a matching sound out (EGMI).", """\
+inputs = processor(images="photo.png", task="image-to-audio")
+out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True)"""),
+    ("image-text-to-audio", "An image plus a text prompt (EGMI).", """\
+inputs = processor(images="photo.png", text="birds at dawn", task="image-text-to-audio")
+out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True)"""),
+    ("text-to-audio pipeline", "The transformers `text-to-audio` pipeline.", """\
+from transformers import pipeline
+
+tts = pipeline("text-to-audio", model=model, tokenizer=processor.tokenizer, processor=processor)
+result = tts("a dog barks", generate_kwargs={"audio_length_in_s": 1.0, "do_sample": True})"""),
+)
+NO_RESULTS = "No evaluation results yet: `c3llm` evaluation writes them into this card's `model-index`."
+
+
+def card_data(config=None, results: list[dict] | None = None, base_model: str = "google/gemma-2b") -> ModelCardData:
+    """The card's YAML metadata; `results` (dicts of `EvalResult` fields) fill the `model-index`."""
+    eval_results = [EvalResult(**result) for result in results] if results else None
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-to-audio",
+        license="gemma",
+        base_model=base_model,
+        tags=["c3llm", "audio-generation", "text-to-audio", "video-to-audio", "audio-captioning", "encodec", "clap",
+              "custom_code"],
+        datasets=["confit/audiocaps", "Loie/VGGSound"],
+        model_name=MODEL_NAME,
+        eval_results=eval_results,
+        extra_gated_prompt="To use this model you must accept Google's Gemma terms of use "
+        "(https://ai.google.dev/gemma/terms), which govern the backbone.",
+    )
+
+
+def render_model_card(
+    config=None, repo_id: str = "path/or/repo", results: list[dict] | None = None, base_model: str | None = None
+) -> ModelCard:
+    """Renders the card for a model `config` (sizes and rates in the text); `results` fill the `model-index`."""
+    import transformers
+
+    codec = getattr(config, "codec_config", None)
+    num_codebooks = getattr(config, "num_codebooks", 2)
+    frame_rate = getattr(codec, "frame_rate", 75)
+    base_model = base_model or getattr(getattr(config, "text_config", None), "_name_or_path", "") or "google/gemma-2b"
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", base_model):  # a local folder: name the default Hub backbone
+        base_model = "google/gemma-2b"
+    evaluation = NO_RESULTS
+    if results:
+        rows = [f"| {r['task_name']} | {r['dataset_name']} | {r['metric_name']} | {r['metric_value']} |" for r in results]
+        evaluation = "| task | dataset | metric | value |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
+    return ModelCard.from_template(
+        card_data(config, results, base_model),
+        template_path=str(TEMPLATE),
+        model_name=MODEL_NAME,
+        repo_id=repo_id,
+        base_model=base_model,
+        num_codebooks=num_codebooks,
+        sampling_rate=getattr(codec, "sampling_rate", 24000),
+        frame_rate=frame_rate,
+        bandwidth=f"{num_codebooks * frame_rate * 10 / 1000:g}",
+        transformers_version=transformers.__version__,
+        tasks=[{"name": name, "description": text, "code": code} for name, text, code in TASK_EXAMPLES],
+        evaluation=evaluation,
+    )
+
+
+def _check_model_index(data: dict) -> None:
+    if "model-index" in data:
+        try:
+            model_index_to_eval_results(data["model-index"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"The model card's model-index is malformed: {e}") from e
+
+
+def check_model_card(card: ModelCard | str | os.PathLike) -> ModelCard:
+    """Offline checks of a card: YAML metadata parses into `ModelCardData`, required fields, a well-formed
+    `model-index`, and a code example for every task. Raises ValueError naming what is wrong."""
+    if not isinstance(card, ModelCard):
+        card = ModelCard.load(card) if Path(card).exists() else ModelCard(str(card))
+    data = card.data.to_dict()
+    for field in ("library_name", "pipeline_tag", "license", "base_model", "tags"):
+        if not data.get(field):
+            raise ValueError(f"The model card's metadata lacks `{field}`.")
+    _check_model_index(data)
+    from processing_c3llm.processing_c3llm import TASKS
+
+    for task in TASKS:
+        if f'task="{task}"' not in card.text:
+            raise ValueError(f"The model card has no code example for the task {task!r}.")
+    return card
+
+
+def update_model_index(card_path: str | os.PathLike, results: list[dict]) -> ModelCard:
+    """Adds or replaces evaluation `results` (dicts of `EvalResult` fields: task_type, dataset_type, dataset_name,
+    metric_type, metric_value, ...) in the `model-index` of the card at `card_path` (a new card when there is none),
+    keeping the rest of the card; rewrites the file atomically."""
+    from processing_c3llm.media_c3llm import write_text
+
+    card = ModelCard.load(card_path) if Path(card_path).is_file() else ModelCard("---\n---\n")
+    if not isinstance(card.data, ModelCardData):
+        card.data = ModelCardData(**card.data.to_dict())
+    new = [EvalResult(**result) for result in results]
+    kept = [old for old in (card.data.eval_results or []) if not any(old.is_equal_except_value(n) for n in new)]
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or MODEL_NAME
+    _check_model_index(card.data.to_dict())
+    write_text(card_path, str(card))
+    return card
