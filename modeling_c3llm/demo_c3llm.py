@@ -50,10 +50,10 @@ CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click",
 class DemoSettings:
     """Sizes and budgets of the demo (defaults fit in about ten minutes on two CPU cores)."""
 
-    train_clips: int = 300
+    train_clips: int = 600
     test_clips: int = 40
     clip_seconds: float = 2.0
-    max_steps: int = 600
+    max_steps: int = 1400
     batch_size: int = 16
     learning_rate: float = 2e-3
     hidden_size: int = 128
