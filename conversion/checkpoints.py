@@ -67,3 +67,12 @@ def load_converted(model: nn.Module, state: dict[str, torch.Tensor], source: str
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
     return model
+
+
+def save_converted(model, feature_extractor, out_dir: str | os.PathLike) -> None:
+    """Saves a converted model with its feature extractor into a new folder, atomically."""
+    from .build_c3llm import atomic_folder
+
+    with atomic_folder(out_dir) as staging:
+        model.save_pretrained(staging)
+        feature_extractor.save_pretrained(staging)

@@ -19,7 +19,7 @@ from transformers import (
     ClapFeatureExtractor,
 )
 
-from .checkpoints import load_converted, load_foreign_checkpoint, rename
+from .checkpoints import load_converted, load_foreign_checkpoint, rename, save_converted
 
 AUDIO_PREFIXES = ("audio_branch.", "audio_projection.")
 # Parts of the audio branch that transformers does not have: the on-the-fly STFT/log-mel (the feature extractor
@@ -96,15 +96,11 @@ def convert_clap_checkpoint(
     model = ClapAudioModelWithProjection(config).eval()
     load_converted(model, convert_clap_state_dict(state), str(checkpoint))
     if out_dir is not None:
-        from .build_c3llm import atomic_folder
-
         # The package's 48 kHz, 10 s, 64-mel front end; "fusion" clips longer than 10 s into 4 views.
         extractor = ClapFeatureExtractor(
             feature_size=config.num_mel_bins, truncation="fusion" if config.enable_fusion else "rand_trunc"
         )
-        with atomic_folder(out_dir) as staging:
-            model.save_pretrained(staging)
-            extractor.save_pretrained(staging)
+        save_converted(model, extractor, out_dir)
     return model
 
 

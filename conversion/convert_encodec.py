@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
-from .checkpoints import load_converted, load_foreign_checkpoint, rename
+from .checkpoints import load_converted, load_foreign_checkpoint, rename, save_converted
 
 # Original module paths -> transformers ones. SConv1d/SConvTranspose1d wrap a `conv`/`convtr` and a `norm`; the
 # transformers port keeps the inner conv as `conv` and the norm as `norm` directly on the layer.
@@ -71,15 +71,11 @@ def convert_encodec_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.
     model = EncodecModel(config).eval()
     load_converted(model, convert_encodec_state_dict(state, model), str(checkpoint))
     if out_dir is not None:
-        from .build_c3llm import atomic_folder
-
         extractor = EncodecFeatureExtractor(
             feature_size=config.audio_channels, sampling_rate=config.sampling_rate,
             chunk_length_s=config.chunk_length_s, overlap=config.overlap,
         )
-        with atomic_folder(out_dir) as staging:
-            model.save_pretrained(staging)
-            extractor.save_pretrained(staging)
+        save_converted(model, extractor, out_dir)
     return model
 
 
