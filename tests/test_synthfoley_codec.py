@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import EncodecModel
 
-from conversion.train_codec import codec_forward, library_reconstruct, make_config, reset_weights, train
+from conversion.codec_model import codec_forward, library_reconstruct, make_config, reset_weights
+from conversion.train_codec import train
 from processing_c3llm import event_detector
 from processing_c3llm.synthfoley import make_clip
 
