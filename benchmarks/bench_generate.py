@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,12 +37,19 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import GemmaForCausalLM  # noqa: E402
 
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
 
-from common import add_backbone_arguments, build_config, build_ours  # noqa: E402
+from common import (  # noqa: E402
+    add_backbone_arguments,
+    backbone_summary,
+    build_config,
+    build_ours,
+    emit,
+    environment,
+    load_average,
+)
 
 
 try:
@@ -472,12 +477,6 @@ def print_report(summary: dict) -> None:
     print()
 
 
-def write_json_atomically(path: Path, payload: str) -> None:
-    from processing_c3llm.media_c3llm import write_text
-
-    write_text(path, payload + "\n")
-
-
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.memory_child is not None:
@@ -485,7 +484,7 @@ def main(argv=None) -> dict | None:
         return None
 
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     config = build_config(args, args.prompt_tokens + args.tokens + 8)
     model = build_ours(config, args.seed).eval()
     bare = build_bare(config, args.seed, weights_from=model)
@@ -494,54 +493,25 @@ def main(argv=None) -> dict | None:
 
     timings = [time_batch(model, bare, config, args, batch) for batch in args.batch_sizes]
     del model, bare
-    load_after_timing = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_after_timing = load_average()
     memory = None if args.no_memory else measure_memory(args)
 
-    nar = config.nar_config
     summary = {
         "benchmark": "generate",
         "config": {
-            "hidden_size": args.hidden_size,
-            "layers": args.layers,
-            "heads": args.heads,
-            "kv_heads": args.kv_heads,
-            "head_dim": args.head_dim,
-            "intermediate": args.intermediate,
-            "vocab_size": config.text_config.vocab_size,
-            "acoustic_token_offset": config.acoustic_token_offset,
+            **backbone_summary(args, config),
             "tokens": args.tokens,
             "prompt_tokens": args.prompt_tokens,
             "frame_rate": config.frame_rate,
-            "num_codebooks": config.num_codebooks,
             "repeats": args.repeats,
-            "seed": args.seed,
-            "nar": {
-                "hidden_size": nar.hidden_size,
-                "num_hidden_layers": nar.num_hidden_layers,
-                "num_attention_heads": nar.num_attention_heads,
-                "intermediate_size": nar.intermediate_size,
-            },
         },
-        "environment": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "attn_implementation": attn,
-            # 1-minute load average before/after the timed runs: above --threads means other work shared the CPUs
-            "loadavg_1m_before": load_before[0] if load_before else None,
-            "loadavg_1m_after": load_after_timing[0] if load_after_timing else None,
-        },
+        "environment": environment(attn, load_before, load_after_timing),
         "parameters": params,
         "timings": timings,
         "memory": memory,
     }
     print_report(summary)
-    line = json.dumps(summary)
-    if args.json_out is not None:
-        write_json_atomically(args.json_out, line)
-    print(line, flush=True)
+    emit(summary, args.json_out)
     return summary
 
 

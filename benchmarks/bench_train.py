@@ -39,9 +39,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -54,12 +51,19 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import GemmaForCausalLM  # noqa: E402
 
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
 
-from common import add_backbone_arguments, build_config, build_ours  # noqa: E402
+from common import (  # noqa: E402
+    add_backbone_arguments,
+    backbone_summary,
+    build_config,
+    build_ours,
+    emit,
+    environment,
+    load_average,
+)
 from modeling_c3llm.training_c3llm import ModelArguments, prepare_model, trainable_parameter_counts  # noqa: E402
 
 
@@ -401,7 +405,7 @@ def print_report(summary: dict) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     import peft
 
     config = build_config(args, args.seq_len)
@@ -419,21 +423,12 @@ def main(argv=None) -> dict:
         datasets.logging.set_verbosity_error()
         with tempfile.TemporaryDirectory(prefix="bench_train_") as workdir:
             preprocessing = time_preprocessing(args, Path(workdir))
-    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_after = load_average()
 
-    nar = config.nar_config
     summary = {
         "benchmark": "train",
         "config": {
-            "hidden_size": args.hidden_size,
-            "layers": args.layers,
-            "heads": args.heads,
-            "kv_heads": args.kv_heads,
-            "head_dim": args.head_dim,
-            "intermediate": args.intermediate,
-            "vocab_size": config.text_config.vocab_size,
-            "acoustic_token_offset": config.acoustic_token_offset,
-            "num_codebooks": config.num_codebooks,
+            **backbone_summary(args, config),
             "batch_size": args.batch_size,
             "seq_len": args.seq_len,
             "prompt_tokens": args.prompt_tokens,
@@ -441,37 +436,14 @@ def main(argv=None) -> dict:
             "lr": args.lr,
             "steps": args.steps,
             "warmup": args.warmup,
-            "seed": args.seed,
-            "nar": {
-                "hidden_size": nar.hidden_size,
-                "num_hidden_layers": nar.num_hidden_layers,
-                "num_attention_heads": nar.num_attention_heads,
-                "intermediate_size": nar.intermediate_size,
-            },
         },
-        "environment": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "attn_implementation": attn,
-            # 1-minute load average before/after: above --threads means other work shared the CPUs
-            "loadavg_1m_before": load_before[0] if load_before else None,
-            "loadavg_1m_after": load_after[0] if load_after else None,
-        },
+        "environment": environment(attn, load_before, load_after, peft=peft.__version__),
         "goal_ratio": 1.2,
         "train_step": train_rows,
         "preprocessing": preprocessing,
     }
     print_report(summary)
-    line = json.dumps(summary)
-    if args.json_out is not None:
-        from processing_c3llm.media_c3llm import write_text
-
-        write_text(args.json_out, line + "\n")
-    print(line, flush=True)
+    emit(summary, args.json_out)
     return summary
 
 

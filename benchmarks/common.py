@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+from pathlib import Path
 
 import torch
 from transformers import GemmaConfig
@@ -63,3 +67,58 @@ def build_ours(config: C3LLMConfig, seed: int) -> C3LLMForConditionalGeneration:
     model = C3LLMForConditionalGeneration(config)
     init_new_token_rows(model)  # as conversion.build_c3llm.assemble does
     return model
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (above --threads means other work shared the CPUs), where the OS reports one."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def backbone_summary(args: argparse.Namespace, config: C3LLMConfig) -> dict:
+    """The sizes every benchmark's JSON reports: the backbone flags, the extended vocabulary and the NAR head."""
+    nar = config.nar_config
+    return {
+        "hidden_size": args.hidden_size,
+        "layers": args.layers,
+        "heads": args.heads,
+        "kv_heads": args.kv_heads,
+        "head_dim": args.head_dim,
+        "intermediate": args.intermediate,
+        "vocab_size": config.text_config.vocab_size,
+        "acoustic_token_offset": config.acoustic_token_offset,
+        "num_codebooks": config.num_codebooks,
+        "seed": args.seed,
+        "nar": {
+            "hidden_size": nar.hidden_size,
+            "num_hidden_layers": nar.num_hidden_layers,
+            "num_attention_heads": nar.num_attention_heads,
+            "intermediate_size": nar.intermediate_size,
+        },
+    }
+
+
+def environment(attn_implementation, load_before: float | None, load_after: float | None, **versions: str) -> dict:
+    """Library versions, threads and the load average around the timed part."""
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        **versions,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "attn_implementation": attn_implementation,
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": load_after,
+    }
+
+
+def emit(summary: dict, json_out: Path | None) -> None:
+    """Prints the final JSON line and, with `json_out`, writes it there atomically."""
+    line = json.dumps(summary)
+    if json_out is not None:
+        from processing_c3llm.media_c3llm import write_text
+
+        write_text(json_out, line + "\n")
+    print(line, flush=True)
