@@ -210,16 +210,19 @@ def trainable_parameter_counts(model: torch.nn.Module) -> dict[str, int]:
 def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArguments) -> torch.nn.Module:
     r"""
     Sets up what trains. Stage 1 (paper 3.2) returns a `PeftModel`: LoRA on the language model's attention and MLP
-    projections, the acoustic/special token rows of the (tied) embedding through PEFT's `trainable_token_indices`,
-    the projectors fully trained (`modules_to_save`), and the NAR loss weight 0 (Eq. 1 only). Stage 2 (paper 3.3)
-    returns the model with everything frozen except `nar_head` (Eq. 2). Stage 0 trains all but the encoders and codec
-    jointly (a backbone from scratch). Encoders and codec stay frozen in every stage.
+    projections, the acoustic/special token rows of the (tied) embedding through PEFT's `trainable_token_indices`
+    (run by `EfficientTrainableTokens`), the projectors fully trained (`modules_to_save`), and the NAR loss weight 0
+    (Eq. 1 only). Stage 2 (paper 3.3) returns the model with everything frozen except `nar_head` (Eq. 2). Stage 0
+    trains all but the encoders and codec jointly (a backbone from scratch). Encoders and codec stay frozen in every
+    stage.
     """
     config = model.config
     model.requires_grad_(False)
     if model_args.stage == 1:
         from peft import LoraConfig, PeftModel, get_peft_model
         from peft.utils.other import TrainableTokensWrapper
+
+        from .token_rows import use_efficient_trainable_tokens
 
         config.nar_loss_weight = 0.0  # Eq. 1 only; run_training restores the weight in the saved model
         if model_args.adapter_path:
@@ -240,6 +243,7 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
                 modules_to_save=list(PROJECTORS),
             )
             model = get_peft_model(model, lora_config)
+        use_efficient_trainable_tokens(model)  # same parameters and files, the backward pass skips frozen rows
         if not isinstance(model.get_output_embeddings(), TrainableTokensWrapper):
             raise RuntimeError(
                 "PEFT did not wrap lm_head with the trainable token rows, so the new rows would train in the input "

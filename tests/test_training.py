@@ -213,6 +213,68 @@ def test_stage1_with_an_untied_backbone_trains_the_lm_head_rows_too():
     assert torch.allclose(adapted, merged, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_efficient_token_rows_match_peft_and_skip_the_frozen_rows_gradient(tied, contiguous):
+    """Stage 1's token rows give PEFT's logits and gradients, and their backward pass leaves out exactly the
+    `tokens x hidden x frozen rows` matmul of the output layer's weight gradient (counted, not timed)."""
+    import copy
+
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from conversion.build_c3llm import tiny_config, tiny_tokenizer
+    from modeling_c3llm.token_rows import EfficientTrainableTokens
+
+    config = tiny_config(len(tiny_tokenizer()))
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = tied
+    torch.manual_seed(0)
+    model = prepare_model(C3LLMForConditionalGeneration(config), ModelArguments(stage=1, lora_r=4, lora_dropout=0.0))
+    layers = [m for m in model.modules() if isinstance(m, TrainableTokensLayer)]
+    assert layers and all(type(m) is EfficientTrainableTokens for m in layers)
+    if not contiguous:  # the general path: train every second new row and two text rows
+        rows = list(range(config.acoustic_token_offset, config.text_config.vocab_size, 2)) + [5, 9]
+        for layer in layers:
+            if not layer.tied_adapter:
+                layer.token_indices["default"] = rows
+                layer.trainable_tokens_delta["default"] = torch.nn.Parameter(layer.weight[rows].detach().clone())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "trainable_tokens_delta" in name or "lora_B" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    reference = copy.deepcopy(model)
+    for module in reference.modules():
+        if type(module) is EfficientTrainableTokens:
+            module.__class__ = TrainableTokensLayer  # PEFT's own forward
+    offset = config.acoustic_token_offset
+    ids = torch.tensor([[2, 5, 9, offset + 3, config.audio_start_token_id, offset + 7, offset, 4]])
+    labels = ids.clone()
+    labels[0, :4] = -100
+
+    def step(peft_model):
+        peft_model.zero_grad()
+        with FlopCounterMode(display=False) as counter:
+            out = peft_model(input_ids=ids, labels=labels)
+            out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}
+        return out.logits.detach(), grads, counter.get_total_flops()
+
+    logits, grads, flops = step(model.train())
+    expected_logits, expected_grads, peft_flops = step(reference.train())
+    assert torch.allclose(logits, expected_logits, atol=1e-6, rtol=0)
+    assert grads.keys() == expected_grads.keys() and any("trainable_tokens_delta" in n for n in grads)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-6, rtol=1e-5), name
+    vocab, hidden = model.get_output_embeddings().weight.shape
+    frozen_rows = vocab - len(layers[0].token_indices["default"])
+    if contiguous:
+        assert peft_flops - flops == 2 * ids.numel() * hidden * frozen_rows
+    else:  # every logit is computed, then the trained rows' logits replace theirs: the rows' three matmuls instead of
+        # PEFT's full weight gradient
+        trained = len(layers[0].token_indices["default"])
+        assert peft_flops - flops == 2 * ids.numel() * hidden * (vocab - 3 * trained)
+
+
 def test_stage1_overfits_and_logs_losses_separately(stage1):
     history = log_history(stage1["out"])
     losses = [r["loss"] for r in history if "loss" in r]
