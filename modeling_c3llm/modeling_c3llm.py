@@ -519,9 +519,9 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
 
         loss = lm_loss = nar_loss = None
         if labels is not None:
-            lm_loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device), ignore_index=-100
-            )
+            # Shift the labels, not the logits: slicing the logits would copy them (and their gradient) once more.
+            next_labels = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
+            lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), next_labels.flatten(), ignore_index=-100)
             loss = lm_loss
         if audio_codes is not None and self.nar_head is not None:
             if labels is None:
@@ -554,6 +554,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         audio_length_in_s: float | None = None,
+        guidance_scale: float | None = None,
         logits_processor: LogitsProcessorList | None = None,
         **kwargs,
     ):
@@ -564,6 +565,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
 
         audio_length_in_s (`float`, *optional*):
             Exact length of the generated audio. Without it, audio runs until `</Audio>` or `config.max_audio_seconds`.
+        guidance_scale (`float`, *optional*):
+            Classifier-free guidance for audio outputs, as in MusicGen: each step's log-probabilities become
+            `uncond + guidance_scale * (cond - uncond)`, `uncond` from the unconditional prompt `<bos><Audio>`
+            (`C3LLMProcessor.unconditional_prompt`). Useful after training with `condition_dropout`; 1 or `None`: off.
         kwargs:
             The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
             and generation parameters (`do_sample`, `temperature`, `top_k`, `max_new_tokens`, ...).
@@ -595,6 +600,16 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             kwargs["eos_token_id"] = config.audio_end_token_id
         elif audio_length_in_s is not None:
             raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
+        if guidance_scale is not None and guidance_scale != 1:
+            if not output_audio:
+                raise ValueError("guidance_scale only applies to audio-output tasks (prompts ending with <Audio>).")
+            if not math.isfinite(guidance_scale) or guidance_scale <= 0:
+                raise ValueError(f"guidance_scale must be a positive number, got {guidance_scale}.")
+            bos = config.text_config.bos_token_id
+            unconditional = [config.audio_start_token_id] if bos is None else [bos, config.audio_start_token_id]
+            kwargs["guidance_scale"] = guidance_scale
+            kwargs["negative_prompt_ids"] = input_ids.new_tensor(unconditional).expand(input_ids.shape[0], -1)
+            kwargs["negative_prompt_attention_mask"] = torch.ones_like(kwargs["negative_prompt_ids"])
 
         max_new_tokens = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 20
         context = getattr(config.text_config, "max_position_embeddings", None)

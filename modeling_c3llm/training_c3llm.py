@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,12 @@ class DataArguments:
     precompute_video_features: bool = field(
         default=True,
         metadata={"help": "Run the frozen vision encoder over the videos once, before training (else in every step)."},
+    )
+    condition_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Probability that a training example with an audio output loses its condition (text, video, "
+                  "image), so that the model also learns unconditional audio for classifier-free guidance "
+                  "(`generate(guidance_scale=...)`). Evaluation batches keep every condition."},
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     preprocessing_batch_size: int = field(default=8, metadata={"help": "Batch size of the codec/encoder passes."})
@@ -394,6 +400,15 @@ class C3LLMTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._loss_sums = {"train": [0.0, 0, 0.0, 0], "eval": [0.0, 0, 0.0, 0]}  # lm sum, lm count, nar sum, nar count
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        collator = self.data_collator
+        if getattr(collator, "condition_dropout", 0.0):
+            self.data_collator = replace(collator, condition_dropout=0.0)  # evaluate with every condition
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = collator
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, use_cache=False)
         loss = outputs.nar_loss if self.objective == "nar" else outputs.loss
@@ -538,7 +553,7 @@ def run_training(
     trainer = C3LLMTrainer(
         model=model,
         args=training_args,
-        data_collator=C3LLMDataCollator(processor),
+        data_collator=C3LLMDataCollator(processor, data_args.condition_dropout, seed=training_args.seed),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,

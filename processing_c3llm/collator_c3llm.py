@@ -45,15 +45,30 @@ class C3LLMDataCollator:
     Turns a list of dataset examples, each with its own `task`, into one padded training batch: left-padded
     `input_ids`, `labels` masked (`-100`) on prompts and padding, `audio_codes` padded with `-100`, and the features of
     every modality present.
+
+    With `condition_dropout` > 0, each audio-output example loses its condition (text, video, image) with that
+    probability and keeps its target: the unconditional examples classifier-free guidance needs. The draws come from a
+    generator seeded with `seed`.
     """
 
     processor: C3LLMProcessor
+    condition_dropout: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}.")
+        self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
         rows = [example_to_inputs(example) for example in examples]
         keys = sorted({key for row in rows for key in row} - {"task"})
         columns = {key: [row.get(key) for row in rows] for key in keys}
-        return self.processor(task=[row["task"] for row in rows], return_tensors="pt", **columns)
+        drop = None
+        if self.condition_dropout > 0:
+            audio_output = [TASKS[row["task"]][1] == "audio" for row in rows]
+            drop = [bool(out and self._rng.random() < self.condition_dropout) for out in audio_output]
+        return self.processor(task=[row["task"] for row in rows], return_tensors="pt", drop_condition=drop, **columns)
 
 
 def with_tasks(dataset, tasks: list[str]):

@@ -144,6 +144,7 @@ class C3LLMProcessor(ProcessorMixin):
         video_features: Any = None,
         text_target: str | list[str] | None = None,
         audio_codes: Any = None,
+        drop_condition: bool | list[bool] | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -162,6 +163,8 @@ class C3LLMProcessor(ProcessorMixin):
             text_target: Captions to learn (text-output tasks).
             audio_codes: EnCodec codes `(num_codebooks, frames)` to learn (audio-output tasks), e.g. from
                 `C3LLMForConditionalGeneration.encode_audio`.
+            drop_condition: For audio-output examples: `True` replaces the prompt by `unconditional_prompt()` (the
+                condition dropout that classifier-free guidance trains with); one flag, or one per example.
         """
         if kwargs:
             logger.debug("C3LLMProcessor ignores %s", sorted(kwargs))
@@ -195,13 +198,20 @@ class C3LLMProcessor(ProcessorMixin):
             if value is None:
                 inputs[name] = [None] * batch_size
 
+        drop = [bool(drop_condition)] * batch_size if not isinstance(drop_condition, (list, tuple)) else drop_condition
+        if len(drop) != batch_size:
+            raise ValueError(f"Got {len(drop)} drop_condition flags for a batch of {batch_size}.")
+
         features: dict[str, list] = {"audio": [], "video": [], "video_features": [], "image": []}
         sequences, labels, codes = [], [], []
         for i, example_task in enumerate(tasks):
             if example_task not in TASKS:
                 raise ValueError(f"Unknown task {example_task!r}; choose one of {sorted(TASKS)}.")
-            prompt = self._prompt(example_task, {name: value[i] for name, value in inputs.items()}, features,
-                                  sampling_rate, video_fps)
+            if drop[i] and TASKS[example_task][1] != "audio":
+                raise ValueError(f"drop_condition applies to audio-output tasks only, not to {example_task!r}.")
+            prompt = self.unconditional_prompt() if drop[i] else self._prompt(
+                example_task, {name: value[i] for name, value in inputs.items()}, features, sampling_rate, video_fps
+            )
             target, example_codes = self._target(example_task, inputs["text_target"][i], inputs["audio_codes"][i])
             sequences.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
@@ -213,6 +223,12 @@ class C3LLMProcessor(ProcessorMixin):
         data = self._pad(sequences, labels if any(has_targets) else None, codes)
         data.update(self._encode_features(features))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def unconditional_prompt(self) -> list[int]:
+        """The prompt of an audio output without any condition, `<bos><Audio>`: what classifier-free guidance
+        contrasts the conditioned prompt with (`C3LLMForConditionalGeneration.generate(guidance_scale=...)`)."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + [self.token_ids["audio_start"]]
 
     def _infer_task(self, inputs: dict[str, list | None], i: int) -> str:
         has = {name for name, value in inputs.items() if value is not None and value[i] is not None}
@@ -235,7 +251,7 @@ class C3LLMProcessor(ProcessorMixin):
     ) -> list[int]:
         needs, output = TASKS[task]
         ids = self.token_ids
-        prompt = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        prompt = self.unconditional_prompt()[:-1]  # <bos>
         if "audio" in needs:
             if example["audio"] is None:
                 raise ValueError(f"Task {task!r} needs `audio`.")

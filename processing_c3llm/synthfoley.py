@@ -320,11 +320,17 @@ def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: in
     return csv_path
 
 
-def write_synthfoley(root: str | os.PathLike, train: int = 200, test: int = 50, seed: int = 0) -> dict[str, Path]:
+def write_synthfoley(
+    root: str | os.PathLike, train: int = 200, test: int = 50, seed: int = 0, video_train: int | None = None
+) -> dict[str, Path]:
     """Writes a train and a held-out test split in both layouts under `root/audiocaps` and `root/vggsound`. The split
-    name is part of every clip's random stream, so no clip occurs in both splits."""
+    name is part of every clip's random stream, so no clip occurs in both splits. Both layouts hold the same clips;
+    `video_train` writes only the first that many training clips as videos (default: all `train`)."""
     root = Path(root)
-    for split, count in (("train", train), ("test", test)):
+    video_train = train if video_train is None else video_train
+    if not 0 <= video_train <= train:
+        raise ValueError(f"video_train must be between 0 and train ({train}), got {video_train}.")
+    for split, count, video_count in (("train", train, video_train), ("test", test, test)):
         write_audiocaps(root / "audiocaps", count, split, seed)
-        write_vggsound(root / "vggsound", count, split, seed)
+        write_vggsound(root / "vggsound", video_count, split, seed)
     return {"audiocaps": root / "audiocaps", "vggsound": root / "vggsound"}

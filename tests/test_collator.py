@@ -38,6 +38,45 @@ def test_mixed_task_batch_masks_and_pads(tiny, media):
     assert torch.isfinite(out.loss) and out.lm_loss is not None and out.nar_loss is not None
 
 
+def test_condition_dropout_makes_audio_outputs_unconditional(tiny):
+    """Dropped audio-output examples keep their target after `<bos><Audio>` and bring no features; text outputs are
+    never dropped; the draws repeat under the same seed."""
+    model, processor = tiny
+    rng = np.random.default_rng(0)
+    examples = []
+    for i in range(24):
+        codes = rng.integers(0, 1024, (2, 4)).tolist()
+        examples.append({"id": f"t{i}", "task": "text-to-audio", "caption": "a high beep", "audio_codes": codes})
+        examples.append({"id": f"v{i}", "task": "video-to-audio", "video_features": np.ones((3, 64)).tolist(),
+                         "audio_codes": codes})
+        examples.append({"id": f"c{i}", "task": "video-to-caption", "video_features": np.ones((3, 64)).tolist(),
+                         "caption": "a hum"})
+    def prompts(batch):
+        rows = zip(batch["input_ids"], batch["labels"], batch["attention_mask"])
+        return [ids[(mask == 1) & (labels == -100)].tolist() for ids, labels, mask in rows]
+
+    batch = C3LLMDataCollator(processor, condition_dropout=0.5, seed=3)(examples)
+    again = C3LLMDataCollator(processor, condition_dropout=0.5, seed=3)(examples)
+    assert torch.equal(batch["input_ids"], again["input_ids"])
+    unconditional = processor.unconditional_prompt()
+    offset = model.config.acoustic_token_offset
+    for example, labels in zip(examples, batch["labels"]):
+        if example["task"] != "video-to-caption":  # every audio target is kept, dropped condition or not
+            expected = [offset + c for c in example["audio_codes"][0]] + [model.config.audio_end_token_id]
+            assert labels[labels != -100].tolist() == expected
+    dropped = [example["task"] for example, prompt in zip(examples, prompts(batch)) if prompt == unconditional]
+    assert "video-to-caption" not in dropped
+    assert 6 <= dropped.count("text-to-audio") <= 18 and 6 <= dropped.count("video-to-audio") <= 18
+    videos = sum(example["task"] != "text-to-audio" for example in examples)
+    assert batch["video_features"].shape[0] == videos - dropped.count("video-to-audio")  # dropped videos are not fed
+    assert unconditional not in prompts(C3LLMDataCollator(processor)(examples))
+    for value in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="condition_dropout must be in"):
+            C3LLMDataCollator(processor, condition_dropout=value)
+    with pytest.raises(ValueError, match="drop_condition applies to audio-output tasks only"):
+        processor(video_features=np.ones((3, 64)), task="video-to-caption", drop_condition=True)
+
+
 def test_frames_and_features_cannot_share_a_batch(tiny, media):
     examples = [
         {"id": "c", "task": "video-to-caption", "video_features": np.ones((3, 64)), "caption": "a hum"},

@@ -158,6 +158,39 @@ def test_cached_generation_equals_full_recomputation(frames):
     assert torch.equal(generated, ids)
 
 
+def test_classifier_free_guidance_equals_the_guided_log_probabilities_by_hand():
+    """guidance_scale mixes each step's log-probabilities with those after the unconditional prompt `<bos><Audio>`
+    (MusicGen's rule), for left-padded batches too; 1 turns it off; text outputs refuse it."""
+    model, processor = sharp_tiny()
+    inputs = processor(text=["a dog barks loudly at night", "rain"], task="text-to-audio")
+    steps, scale = 6, 3.0
+    guided = model.generate(**inputs, audio_length_in_s=steps / model.config.frame_rate, do_sample=False,
+                            guidance_scale=scale).sequences
+    unconditional = torch.tensor([processor.unconditional_prompt()] * 2)
+    assert unconditional[0].tolist() == [processor.tokenizer.bos_token_id, model.config.audio_start_token_id]
+    allowed = model._vocabulary_mask(audio=True)
+    allowed[model.config.audio_end_token_id] = False  # an exact length: </Audio> cannot come before the end
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        for _ in range(steps):
+            cond = model(input_ids=ids, attention_mask=mask).logits[:, -1].log_softmax(-1)
+            uncond = model(input_ids=unconditional).logits[:, -1].log_softmax(-1)
+            scores = uncond + scale * (cond - uncond)
+            next_ids = scores.masked_fill(~allowed, float("-inf")).argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, next_ids], 1), torch.cat([mask, torch.ones_like(next_ids)], 1)
+            unconditional = torch.cat([unconditional, next_ids], 1)
+    assert torch.equal(guided, ids)
+    plain = model.generate(**inputs, audio_length_in_s=steps / model.config.frame_rate, do_sample=False).sequences
+    assert not torch.equal(plain, guided), "the check needs guidance to change the choice to be able to fail"
+    off = model.generate(**inputs, audio_length_in_s=steps / model.config.frame_rate, do_sample=False,
+                         guidance_scale=1.0).sequences
+    assert torch.equal(off, plain)
+    with pytest.raises(ValueError, match="guidance_scale only applies to audio-output tasks"):
+        model.generate(**processor(video_features=np.zeros((3, 64)), task="video-to-caption"), guidance_scale=3.0)
+    with pytest.raises(ValueError, match="guidance_scale must be a positive number"):
+        model.generate(**inputs, audio_length_in_s=0.1, guidance_scale=-2.0)
+
+
 def test_generation_is_reproducible_under_a_seed(tiny):
     model, processor = tiny
     inputs = processor(text="rain on a roof")

@@ -292,6 +292,17 @@ def test_write_synthfoley_splits_are_disjoint(tmp_path):
     assert not train_audio & test_audio
 
 
+def test_write_synthfoley_writes_the_first_training_clips_as_videos(tmp_path):
+    roots = write_synthfoley(tmp_path, train=4, test=2, seed=0, video_train=2)
+    audio = json.loads((roots["audiocaps"] / "synthfoley_train.json").read_text(encoding="utf-8"))
+    video = json.loads((roots["vggsound"] / "synthfoley_train.json").read_text(encoding="utf-8"))
+    assert len(audio) == 4 and list(video) == list(audio)[:2]  # the same clips, in the same order
+    assert all(video[i]["events"] == audio[i]["events"] and video[i]["caption"] == audio[i]["caption"] for i in video)
+    assert len(json.loads((roots["vggsound"] / "synthfoley_test.json").read_text(encoding="utf-8"))) == 2
+    with pytest.raises(ValueError, match="video_train must be between 0 and train"):
+        write_synthfoley(tmp_path, train=2, test=1, video_train=3)
+
+
 # --- detector --------------------------------------------------------------------------------------------------------
 
 

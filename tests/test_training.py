@@ -571,6 +571,27 @@ def test_main_reports_missing_corrupt_and_unusable_clips(tiny_folder, tmp_path, 
 
 
 # ---- configuration --------------------------------------------------------------------------------------------------
+def test_condition_dropout_applies_to_training_batches_only(tiny_folder, tmp_path):
+    from modeling_c3llm.training_c3llm import C3LLMTrainer
+
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    model = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)
+    dataset = text_video_dataset(32)
+    trainer = C3LLMTrainer(model=model, args=train_args(tmp_path, per_device_train_batch_size=32,
+                                                        per_device_eval_batch_size=32),
+                           data_collator=C3LLMDataCollator(processor, condition_dropout=0.5, seed=0),
+                           train_dataset=dataset, eval_dataset=dataset)
+    unconditional = processor.unconditional_prompt()
+
+    def unconditional_rows(batch):
+        rows = zip(batch["input_ids"], batch["labels"], batch["attention_mask"])
+        return sum(ids[(mask == 1) & (labels == -100)].tolist() == unconditional for ids, labels, mask in rows)
+
+    assert 8 <= unconditional_rows(next(iter(trainer.get_train_dataloader()))) <= 24
+    assert unconditional_rows(next(iter(trainer.get_eval_dataloader()))) == 0
+    assert trainer.data_collator.condition_dropout == 0.5  # restored after building the evaluation loader
+
+
 def test_recipes_parse_and_flags_override(tmp_path):
     model_args, data_args, args = parse_args([str(RECIPES / "stage1.yaml")])
     assert model_args.stage == 1 and model_args.lora_r == 16 and model_args.lora_alpha == 32
