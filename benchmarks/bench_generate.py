@@ -12,6 +12,11 @@ What is compared
 * bare: ``GemmaForCausalLM.generate`` with exactly the same text config (same extended vocabulary, so the logits
   have the same width) and the same weights (the C3LLM's ``language_model`` state dict), forced to produce the same
   number of new tokens.
+* musicgen: transformers' ``MusicgenForConditionalGeneration`` at equal size: its decoder has the backbone's hidden
+  size, layers, heads and MLP width and ours' number of codebooks (1024 codes each, one head per codebook, delay
+  pattern), a 2-layer T5 text encoder and ours' EnCodec as audio encoder; text prompt of the same length, no
+  classifier-free guidance, the same number of audio frames, decoded to a waveform. The ratio says what one LLM with
+  an extended text vocabulary (C3LLM) costs against a dedicated audio decoder with small per-codebook heads.
 
 Runs are interleaved (ours, NAR/codec, bare, then bare, ours, NAR/codec, ...) in one process after one warm-up each; the median over
 ``--repeats`` is reported. Peak memory (peak RSS, ``ru_maxrss``) is measured in fresh subprocesses, one per side,
@@ -37,7 +42,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
-from transformers import GemmaForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    EncodecConfig,
+    GemmaForCausalLM,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    T5Config,
+)
 
 from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
 
@@ -67,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Times C3LLM text-to-audio generation (full call, NAR+codec stage, LLM stage) against a bare "
-            "GemmaForCausalLM of the same size and weights, and measures the peak RSS of each side in a fresh "
+            "GemmaForCausalLM of the same size and weights and against transformers' MusicGen at equal decoder size, "
+            "and measures the peak RSS of each side in a fresh "
             "subprocess. Prints a table and a final JSON line starting with {\"benchmark\": \"generate\"."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -136,6 +149,22 @@ def build_bare(config: C3LLMConfig, seed: int, weights_from: C3LLMForConditional
             weight = bare.get_input_embeddings().weight
             weight[config.acoustic_token_offset :] = weight[: config.acoustic_token_offset].mean(0, keepdim=True)
     return bare.eval()
+
+
+def build_musicgen(config: C3LLMConfig, seed: int) -> MusicgenForConditionalGeneration:
+    """MusicGen whose decoder has the backbone's size and ours' codebooks, with a small T5 and ours' EnCodec."""
+    text = config.text_config
+    torch.manual_seed(seed)
+    decoder = MusicgenDecoderConfig(
+        vocab_size=config.codebook_size, num_codebooks=config.num_codebooks, hidden_size=text.hidden_size,
+        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
+        ffn_dim=text.intermediate_size, max_position_embeddings=2048, pad_token_id=config.codebook_size,
+        bos_token_id=config.codebook_size, dropout=0.0,
+    )
+    encoder = T5Config(vocab_size=text.vocab_size, d_model=256, d_kv=32, d_ff=1024, num_layers=2, num_heads=8)
+    audio = EncodecConfig(**config.codec_config.to_dict())
+    musicgen = MusicgenConfig(text_encoder=encoder, audio_encoder=audio, decoder=decoder)
+    return MusicgenForConditionalGeneration(musicgen).eval()
 
 
 def make_prompt(config: C3LLMConfig, batch: int, length: int, seed: int):
@@ -225,15 +254,32 @@ def run_bare(bare, input_ids, attention_mask, tokens: int, seed: int):
     return elapsed
 
 
-def time_batch(model, bare, config, args, batch: int) -> dict:
+def run_musicgen(musicgen, input_ids, attention_mask, frames: int, seed: int):
+    """MusicGen text-to-audio for `frames` audio frames (its delay pattern takes num_codebooks - 1 more steps)."""
+    torch.manual_seed(seed)
+    steps = frames + musicgen.decoder.num_codebooks - 1
+    start = time.perf_counter()
+    with torch.no_grad():
+        audio = musicgen.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=True, top_k=50,
+                                  guidance_scale=1.0, min_new_tokens=steps, max_new_tokens=steps)
+    elapsed = time.perf_counter() - start
+    expected = frames * musicgen.audio_encoder.config.hop_length
+    if audio.shape[-1] != expected:
+        raise RuntimeError(f"musicgen generated {audio.shape[-1]} samples, expected {expected}")
+    return elapsed
+
+
+def time_batch(model, bare, musicgen, config, args, batch: int) -> dict:
     input_ids, attention_mask = make_prompt(config, batch, args.prompt_tokens, args.seed)
     frame_rate = config.frame_rate
     # Warm-up (one call each): first-call allocations, lazy inits, kernel selection.
     _, out = run_ours(model, input_ids, attention_mask, args.tokens, frame_rate, args.seed)
     run_nar_codec(model, out, input_ids, attention_mask)
     run_bare(bare, input_ids, attention_mask, args.tokens, args.seed)
+    text_ids = input_ids.clamp(max=config.acoustic_token_offset - 1)  # the same prompt length for MusicGen's T5
+    run_musicgen(musicgen, text_ids, attention_mask, args.tokens, args.seed)
 
-    full, nar, llm, plain = [], [], [], []
+    full, nar, llm, plain, music = [], [], [], [], []
     for r in tqdm(range(args.repeats), desc=f"batch {batch}", unit="repeat", file=sys.stderr, leave=False):
         seed = args.seed + 1 + r
         if r % 2 == 1:  # alternate which side goes first, so that neither always runs right after the other
@@ -242,6 +288,7 @@ def time_batch(model, bare, config, args, batch: int) -> dict:
         t_nar = run_nar_codec(model, out, input_ids, attention_mask)
         if r % 2 == 0:
             t_bare = run_bare(bare, input_ids, attention_mask, args.tokens, seed)
+        music.append(run_musicgen(musicgen, text_ids, attention_mask, args.tokens, seed))
         full.append(t_full)
         nar.append(t_nar)
         llm.append(t_full - t_nar)
@@ -263,7 +310,10 @@ def time_batch(model, bare, config, args, batch: int) -> dict:
         "bare_ms_per_token": 1000 * med(plain) / tokens,
         "ratio_llm_stage_over_bare": med(llm) / med(plain),
         "ratio_full_over_bare": med(full) / med(plain),
-        "raw_s": {"ours_full": full, "ours_nar_codec": nar, "ours_llm_stage": llm, "bare": plain},
+        "musicgen_s": med(music),
+        "musicgen_ms_per_frame": 1000 * med(music) / tokens,
+        "ratio_full_over_musicgen": med(full) / med(music),
+        "raw_s": {"ours_full": full, "ours_nar_codec": nar, "ours_llm_stage": llm, "bare": plain, "musicgen": music},
     }
     return row
 
@@ -420,7 +470,7 @@ def print_report(summary: dict) -> None:
     print()
     header = (
         f"{'batch':>5} | {'ours full':>10} | {'ours NAR+codec':>14} | {'ours LLM stage':>14} | {'bare':>10} | "
-        f"{'LLM/bare':>8} | {'full/bare':>9}"
+        f"{'LLM/bare':>8} | {'full/bare':>9} | {'musicgen':>10} | {'full/musicgen':>13}"
     )
     print("per-token times in ms (total seconds in parentheses)")
     print(header)
@@ -430,13 +480,15 @@ def print_report(summary: dict) -> None:
             f"{row['batch_size']:>5} | {row['ours_full_ms_per_token']:>10.2f} | "
             f"{1000 * row['ours_nar_codec_s'] / row['new_tokens']:>14.2f} | "
             f"{row['ours_llm_stage_ms_per_token']:>14.2f} | {row['bare_ms_per_token']:>10.2f} | "
-            f"{row['ratio_llm_stage_over_bare']:>8.3f} | {row['ratio_full_over_bare']:>9.3f}"
+            f"{row['ratio_llm_stage_over_bare']:>8.3f} | {row['ratio_full_over_bare']:>9.3f} | "
+            f"{row['musicgen_ms_per_frame']:>10.2f} | {row['ratio_full_over_musicgen']:>13.3f}"
         )
         print(
             f"{'':>5} | {'(' + format(row['ours_full_s'], '.3f') + ' s)':>10} | "
             f"{'(' + format(row['ours_nar_codec_s'], '.3f') + ' s)':>14} | "
             f"{'(' + format(row['ours_llm_stage_s'], '.3f') + ' s)':>14} | "
-            f"{'(' + format(row['bare_s'], '.3f') + ' s)':>10} |"
+            f"{'(' + format(row['bare_s'], '.3f') + ' s)':>10} | {'':>8} | {'':>9} | "
+            f"{'(' + format(row['musicgen_s'], '.3f') + ' s)':>10} |"
         )
     print()
     print("parameters")
@@ -491,8 +543,9 @@ def main(argv=None) -> dict | None:
     params = parameter_counts(model, bare)
     attn = {"ours": model.language_model.config._attn_implementation, "bare": bare.config._attn_implementation}
 
-    timings = [time_batch(model, bare, config, args, batch) for batch in args.batch_sizes]
-    del model, bare
+    musicgen = build_musicgen(config, args.seed)
+    timings = [time_batch(model, bare, musicgen, config, args, batch) for batch in args.batch_sizes]
+    del model, bare, musicgen
     load_after_timing = load_average()
     memory = None if args.no_memory else measure_memory(args)
 

@@ -39,7 +39,7 @@ class EfficientTrainableTokens(TrainableTokensLayer):
         if isinstance(base, torch.nn.Linear):  # an lm_head, tied to the embedding or not
             indices = list(self.token_indices[adapter])
             start, stop = indices[0], indices[0] + len(indices)
-            if indices == list(range(start, stop)):  # C3LLM's new rows end the vocabulary: no frozen row is computed
+            if indices == list(range(start, stop)):  # contiguous (C3LLM: the vocabulary's end): each logit once
                 return torch.cat([F.linear(x, weight[:start]), F.linear(x, deltas), F.linear(x, weight[stop:])], -1)
             return F.linear(x, weight).index_copy(-1, rows, F.linear(x, deltas))
         return super().forward_adapters(x, active_adapters, *args, **kwargs)
