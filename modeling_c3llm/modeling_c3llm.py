@@ -462,6 +462,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         audio_codes: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        audio_logits_only: bool = False,
         **kwargs,
     ) -> C3LLMOutputWithPast:
         r"""
@@ -483,7 +484,13 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             Target token ids, `-100` on the prompt and padding (Eq. 1).
         audio_codes (`torch.LongTensor` of shape `(batch_size, num_codebooks, frames)`, *optional*):
             EnCodec codes of the audio targets, `-100` on padding and for examples without audio target (Eq. 2).
+        audio_logits_only (`bool`, *optional*, defaults to `False`):
+            Computes only the logits audio generation can sample (the acoustic codes and `</Audio>`); the others are
+            `-inf`. `generate` sets it for audio outputs, where a large text vocabulary would otherwise make the
+            output layer a large share of every step. Not for training (`labels`).
         """
+        if audio_logits_only and labels is not None:
+            raise ValueError("audio_logits_only is for generation; compute training losses with the full logits.")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -506,16 +513,15 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
 
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
-        logits = outputs.logits
+        inputs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, use_cache=use_cache, **kwargs)
+        head = self.language_model.get_output_embeddings()
+        if audio_logits_only and type(head) is nn.Linear:  # (a PEFT-wrapped head computes the full logits)
+            outputs = self.language_model.model(**inputs)
+            logits = self._audio_logits(outputs.last_hidden_state, head.weight, logits_to_keep)
+        else:
+            outputs = self.language_model(**inputs, logits_to_keep=logits_to_keep)
+            logits = outputs.logits
 
         loss = lm_loss = nar_loss = None
         if labels is not None:
@@ -547,6 +553,20 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             start = config.acoustic_token_offset
             return ((ids >= start) & (ids < start + config.codebook_size)) | (ids == config.audio_end_token_id)
         return ids < config.acoustic_token_offset
+
+    def _audio_logits(self, hidden_states: torch.Tensor, weight: torch.Tensor, logits_to_keep) -> torch.Tensor:
+        """Logits of the rows audio generation can sample, from the span of rows that holds them; `-inf` elsewhere."""
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        allowed = self._vocabulary_mask(audio=True).to(weight.device)
+        rows = allowed.nonzero().squeeze(-1)
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        span = F.linear(hidden_states[:, keep], weight[start:stop])
+        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if cap is not None:  # Gemma 2 and later cap their logits; the same for the rows computed here
+            span = torch.tanh(span / cap) * cap
+        logits = span.new_full((*span.shape[:-1], weight.shape[0]), float("-inf"))
+        logits[..., start:stop] = span.masked_fill(~allowed[start:stop], float("-inf"))
+        return logits
 
     @torch.no_grad()
     def generate(
@@ -598,6 +618,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             else:
                 kwargs.setdefault("max_new_tokens", int(config.max_audio_seconds * config.frame_rate))
             kwargs["eos_token_id"] = config.audio_end_token_id
+            kwargs["audio_logits_only"] = True
         elif audio_length_in_s is not None:
             raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
         if guidance_scale is not None and guidance_scale != 1:

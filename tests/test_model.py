@@ -191,6 +191,34 @@ def test_classifier_free_guidance_equals_the_guided_log_probabilities_by_hand():
         model.generate(**inputs, audio_length_in_s=0.1, guidance_scale=-2.0)
 
 
+def test_audio_generation_computes_only_the_audio_logits(tiny):
+    """Audio steps compute the acoustic and </Audio> logits only (equal to the full head's), the rest is -inf; the
+    full head never runs during audio generation, and does for text."""
+    model, processor = tiny
+    inputs = processor(text=["a dog barks loudly", "rain"], task="text-to-audio")
+    allowed = model._vocabulary_mask(audio=True)
+    with torch.no_grad():
+        full = model(**inputs).logits
+        for keep in (0, 1):
+            only = model(**inputs, audio_logits_only=True, logits_to_keep=keep).logits
+            assert only.shape == full[:, -only.shape[1] :].shape
+            torch.testing.assert_close(only[..., allowed], full[:, -only.shape[1] :, allowed], atol=1e-5, rtol=1e-5)
+            assert torch.isneginf(only[..., ~allowed]).all()
+    with pytest.raises(ValueError, match="audio_logits_only is for generation"):
+        model(**inputs, labels=inputs["input_ids"], audio_logits_only=True)
+    calls = []
+    hook = model.language_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        model.generate(**inputs, audio_length_in_s=0.1, do_sample=False)
+        assert calls == []  # the decoder and the acoustic rows only
+        rng = np.random.default_rng(0)
+        text = processor(video_features=rng.normal(size=(3, 64)), task="video-to-caption")
+        model.generate(**text, max_new_tokens=3, do_sample=False)
+        assert calls
+    finally:
+        hook.remove()
+
+
 def test_generation_is_reproducible_under_a_seed(tiny):
     model, processor = tiny
     inputs = processor(text="rain on a roof")
