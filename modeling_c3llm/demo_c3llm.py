@@ -141,17 +141,31 @@ def add_images(dataset, folder: Path):
     return dataset.map(add)
 
 
+def write_demo_data(root: Path, settings: DemoSettings) -> None:
+    """Writes the demo's SynthFoley under `root`, unless `root` already holds the clips of the same settings
+    (recorded in `root/synthfoley.json`); data written with other settings is replaced."""
+    from processing_c3llm.media_c3llm import write_text
+    from processing_c3llm.synthfoley import write_synthfoley
+
+    wanted = {"train": settings.train_clips, "video_train": settings.video_clips, "test": settings.test_clips,
+              "seed": settings.seed}
+    record = root / "synthfoley.json"
+    if record.is_file() and json.loads(record.read_text()) == wanted:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
+                     video_train=settings.video_clips)
+    write_text(record, json.dumps(wanted, indent=1) + "\n")  # last: an interrupted run writes everything again
+
+
 def prepare_data(root: Path, model, processor, settings: DemoSettings):
     """SynthFoley on disk, read back by the real loaders, preprocessed, one row per (clip, task)."""
     from datasets import concatenate_datasets
 
     from processing_c3llm import datasets_c3llm as data
     from processing_c3llm.collator_c3llm import with_tasks
-    from processing_c3llm.synthfoley import write_synthfoley
 
-    if not (root / "audiocaps").is_dir():
-        write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
-                         video_train=settings.video_clips)
+    write_demo_data(root, settings)
     audio_tasks = [t for t in ALL_TASKS if "video" not in t and "image" not in t]
     video_tasks = [t for t in ALL_TASKS if t not in audio_tasks]
     audiocaps, _ = data.load_audiocaps(root / "audiocaps", "train")
@@ -354,7 +368,8 @@ DEMO_EPILOG = """examples:
 
 Layout: DIR/data (SynthFoley in the AudioCaps and VGGSound layouts), DIR/model (the untrained model),
 DIR/training (checkpoint state and the trained model in training/merged), DIR/report (WAVs, spectrograms.png,
-loss_curve.png, captions.txt, metrics.json, details.json). Running it again reuses DIR/data and replaces the rest.
+loss_curve.png, captions.txt, metrics.json, details.json). Running it again reuses DIR/data when the clip counts
+and seed are the same (else it is written anew) and replaces the rest.
 """
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_c3llm.demo_c3llm import CODEC_DIR
+from modeling_c3llm.demo_c3llm import CODEC_DIR, DemoSettings, write_demo_data
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +41,18 @@ def test_demo_uses_the_shipped_codec():
 
     config = EncodecConfig.from_pretrained(CODEC_DIR)
     assert config.sampling_rate == 24000 and config.frame_rate == 75 and config.num_quantizers == 2
+
+
+def test_demo_data_is_reused_only_for_the_same_settings(tmp_path):
+    def clips(layout: str) -> list[str]:
+        return list(json.loads((tmp_path / layout / "synthfoley_train.json").read_text()))
+
+    write_demo_data(tmp_path, DemoSettings(train_clips=3, video_clips=2, test_clips=1))
+    first = clips("audiocaps")
+    assert len(first) == 3 and clips("vggsound") == first[:2]
+    marker = tmp_path / "audiocaps" / "marker"
+    marker.write_text("kept")
+    write_demo_data(tmp_path, DemoSettings(train_clips=3, video_clips=2, test_clips=1))
+    assert marker.is_file()  # same settings: nothing rewritten
+    write_demo_data(tmp_path, DemoSettings(train_clips=2, video_clips=1, test_clips=1))
+    assert not marker.exists() and clips("audiocaps") == first[:2] and clips("vggsound") == first[:1]
