@@ -173,8 +173,8 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
     audiocaps, _ = data.add_audio_codes(audiocaps, model, processor)
     # The videos are the first clips of the audio layout: their targets are the codes of the same (lossless) audio.
     codes = dict(zip(audiocaps["id"], audiocaps["audio_codes"]))
-    vggsound = vggsound.map(lambda clip: {"audio_codes": codes[clip["id"].rsplit("_", 1)[0]]})
-    vggsound = vggsound.cast_column("audio_codes", audiocaps.features["audio_codes"])
+    video_codes = [codes[video_id.rsplit("_", 1)[0]] for video_id in vggsound["id"]]  # ids: {youtube_id}_{start}
+    vggsound = vggsound.add_column("audio_codes", video_codes, feature=audiocaps.features["audio_codes"])
     vggsound, _ = data.add_video_features(vggsound, model, processor)
     vggsound = add_images(vggsound, root / "images")
     columns = ["id", "task", "caption", "label", "audio_path", "video_path", "image_path", "audio_codes",
@@ -408,9 +408,8 @@ def add_demo_parser(commands, formatter_class) -> None:
 def cmd_demo(args, parser) -> int:
     settings = DemoSettings(
         train_clips=args.train_clips, video_clips=args.video_clips, test_clips=args.test_clips, max_steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate, condition_dropout=args.condition_dropout, guidance_scale=args.guidance_scale,
-        seed=args.seed, codec_dir=args.codec,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, condition_dropout=args.condition_dropout,
+        guidance_scale=args.guidance_scale, seed=args.seed, codec_dir=args.codec,
     )
     for name in ("train_clips", "video_clips", "test_clips", "max_steps", "batch_size"):
         if getattr(settings, name) <= 0:

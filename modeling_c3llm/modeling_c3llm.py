@@ -555,17 +555,18 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         return ids < config.acoustic_token_offset
 
     def _audio_logits(self, hidden_states: torch.Tensor, weight: torch.Tensor, logits_to_keep) -> torch.Tensor:
-        """Logits of the rows audio generation can sample, from the span of rows that holds them; `-inf` elsewhere."""
+        """Logits of the rows audio generation can sample (the codes, then `</Audio>` after the other markers that
+        follow them in the vocabulary), computed over that span of rows; `-inf` elsewhere."""
+        config = self.config
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        allowed = self._vocabulary_mask(audio=True).to(weight.device)
-        rows = allowed.nonzero().squeeze(-1)
-        start, stop = int(rows[0]), int(rows[-1]) + 1
+        start, stop = config.acoustic_token_offset, config.audio_end_token_id + 1
         span = F.linear(hidden_states[:, keep], weight[start:stop])
-        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        cap = getattr(config.text_config, "final_logit_softcapping", None)
         if cap is not None:  # Gemma 2 and later cap their logits; the same for the rows computed here
             span = torch.tanh(span / cap) * cap
         logits = span.new_full((*span.shape[:-1], weight.shape[0]), float("-inf"))
-        logits[..., start:stop] = span.masked_fill(~allowed[start:stop], float("-inf"))
+        logits[..., start:stop] = span
+        logits[..., start + config.codebook_size : stop - 1] = float("-inf")  # markers between the codes and </Audio>
         return logits
 
     @torch.no_grad()

@@ -227,8 +227,10 @@ class C3LLMProcessor(ProcessorMixin):
     def unconditional_prompt(self) -> list[int]:
         """The prompt of an audio output without any condition, `<bos><Audio>`: what classifier-free guidance
         contrasts the conditioned prompt with (`C3LLMForConditionalGeneration.generate(guidance_scale=...)`)."""
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        return bos + [self.token_ids["audio_start"]]
+        return self._bos() + [self.token_ids["audio_start"]]
+
+    def _bos(self) -> list[int]:
+        return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
 
     def _infer_task(self, inputs: dict[str, list | None], i: int) -> str:
         has = {name for name, value in inputs.items() if value is not None and value[i] is not None}
@@ -251,7 +253,7 @@ class C3LLMProcessor(ProcessorMixin):
     ) -> list[int]:
         needs, output = TASKS[task]
         ids = self.token_ids
-        prompt = self.unconditional_prompt()[:-1]  # <bos>
+        prompt = self._bos()
         if "audio" in needs:
             if example["audio"] is None:
                 raise ValueError(f"Task {task!r} needs `audio`.")
