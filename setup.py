@@ -1,5 +1,6 @@
-"""Packaging of c3llm: the model (modeling_c3llm), its processor (processing_c3llm), the folder builder (conversion)
-and the `c3llm` command line.
+"""Packaging of c3llm: the model (modeling_c3llm) and its processor (processing_c3llm), which travel as remote code;
+the folder builder and converters (conversion); the application (c3llm: command line, training, data, evaluation,
+SynthFoley, demo).
 
     python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]"
 """
@@ -70,14 +71,15 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.is_file() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modeling_c3llm", "modeling_c3llm.metrics", "processing_c3llm", "conversion"],
+    packages=["modeling_c3llm", "processing_c3llm", "conversion", "c3llm", "c3llm.data", "c3llm.metrics", "c3llm.synthfoley"],
     # The Trainer recipes, the evaluate metric modules with the paper's numbers, the SynthFoley codec checkpoint, the
     # model-card template and the reference scripts of the parity tests.
     package_data={
-        "modeling_c3llm": ["recipes/*.yaml", "metrics/*/*.py", "metrics/*.json"],
-        "conversion": ["synthfoley_codec/*.json", "synthfoley_codec/*.safetensors", "templates/*.md", "reference/*.py"],
+        "c3llm": ["recipes/*.yaml", "metrics/*/*.py", "metrics/*.json", "synthfoley/codec/*.json",
+                  "synthfoley/codec/*.safetensors"],
+        "conversion": ["templates/*.md", "reference/*.py", "reference/*.txt"],
     },
     install_requires=PINNED + REQUIRED,
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["c3llm=modeling_c3llm.cli:main"]},
+    entry_points={"console_scripts": ["c3llm=c3llm.cli:main"]},
 )

@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from conversion.build_c3llm import build_tiny
-from modeling_c3llm.eval_c3llm import EvalSettings, run_eval
-from modeling_c3llm.metrics.audio_models import Cnn14, VGGish, save_audio_model
-from processing_c3llm.synthfoley import write_synthfoley
+from c3llm.evaluation import EvalSettings, run_eval
+from c3llm.metrics.audio_models import Cnn14, VGGish, save_audio_model
+from c3llm.synthfoley.synthfoley import write_synthfoley
 
 
 def main() -> None:

@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     import modeling_c3llm  # noqa: F401
     import processing_c3llm  # noqa: F401
     from conversion.build_c3llm import assemble_pretrained, save_folder
-    from conversion.standins import save_standin_parts
+    from c3llm.standins import save_standin_parts
 
     with tempfile.TemporaryDirectory() as tmp:
         llm = {"hidden_size": args.hidden_size, "intermediate_size": args.intermediate, "num_hidden_layers": args.layers,

@@ -22,12 +22,12 @@ Steps are interleaved (ours, ours LM only, bare; then the reverse order), after 
 over ``--steps`` is reported. Before any optimizer step, the bare loss must equal ours' ``lm_loss`` (same weights,
 same tokens); this is checked.
 
-Part 2, EnCodec tokenization with ``processing_c3llm.datasets_c3llm.add_audio_codes``: ``--prep-clips`` SynthFoley
+Part 2, EnCodec tokenization with ``c3llm.data.datasets.add_audio_codes``: ``--prep-clips`` SynthFoley
 clips of ``--prep-seconds`` (``write_audiocaps``), each run loaded with ``load_audiocaps`` into a fresh cache folder
 and tokenized with ``load_from_cache_file=False`` (never a cache hit), with ``num_proc=None`` and ``num_proc=2``;
 reported as seconds of audio per second. With the tiny model's codec (``conversion.build_c3llm.build_tiny``) and,
 when ``--synthfoley-codec/config.json`` exists, with the SynthFoley codec (the demo's model,
-``modeling_c3llm.demo_c3llm.demo_model``).
+``c3llm.demo.demo_model``).
 
 Run from anywhere: ``python benchmarks/bench_train.py --help``. Prints a table and a final JSON line starting with
 ``{"benchmark": "train"``.
@@ -64,7 +64,7 @@ from common import (  # noqa: E402
     environment,
     load_average,
 )
-from modeling_c3llm.training_c3llm import ModelArguments, prepare_model, trainable_parameter_counts  # noqa: E402
+from c3llm.training import ModelArguments, prepare_model, trainable_parameter_counts  # noqa: E402
 
 
 SIDES = ("ours", "ours_lm_only", "bare")
@@ -268,7 +268,7 @@ def codec_models(args) -> list[tuple[str, object, object]]:
     model, processor = build_tiny(seed=args.seed)
     models = [("tiny", model.eval(), processor)]
     if (Path(args.synthfoley_codec) / "config.json").is_file():
-        from modeling_c3llm.demo_c3llm import DemoSettings, demo_model
+        from c3llm.demo import DemoSettings, demo_model
 
         with contextlib.redirect_stdout(sys.stderr):
             model, processor = demo_model(DemoSettings(codec_dir=str(args.synthfoley_codec), seed=args.seed))
@@ -277,8 +277,8 @@ def codec_models(args) -> list[tuple[str, object, object]]:
 
 
 def time_preprocessing(args, workdir: Path) -> dict:
-    from processing_c3llm.datasets_c3llm import add_audio_codes, load_audiocaps
-    from processing_c3llm.synthfoley import write_audiocaps
+    from c3llm.data.datasets import add_audio_codes, load_audiocaps
+    from c3llm.synthfoley.synthfoley import write_audiocaps
 
     data = workdir / "audiocaps"
     write_audiocaps(data, args.prep_clips, "train", seed=args.seed, duration=args.prep_seconds)

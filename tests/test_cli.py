@@ -23,7 +23,7 @@ def run_cli(*args, timeout=300):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "modeling_c3llm.cli", *map(str, args)],
+        [sys.executable, "-m", "c3llm.cli", *map(str, args)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from processing_c3llm.collator_c3llm import C3LLMDataCollator, example_to_inputs, with_tasks
+from c3llm.data.collator import C3LLMDataCollator, example_to_inputs, with_tasks
 
 
 def test_mixed_task_batch_masks_and_pads(tiny, media):

@@ -1,4 +1,4 @@
-"""Dataset loaders and cached preprocessing (processing_c3llm.datasets_c3llm) on real files written to tmp_path."""
+"""Dataset loaders and cached preprocessing (c3llm.data.datasets) on real files written to tmp_path."""
 
 import atexit
 import os
@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from datasets import Dataset, IterableDataset  # noqa: E402
 
 from conversion.build_c3llm import build_tiny  # noqa: E402
-from processing_c3llm import datasets_c3llm as dc  # noqa: E402
+from c3llm.data import datasets as dc  # noqa: E402
 from processing_c3llm.media_c3llm import MediaError, load_audio  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_c3llm.demo_c3llm import CODEC_DIR, DemoSettings, write_demo_data
+from c3llm.demo import CODEC_DIR, DemoSettings, write_demo_data
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "modeling_c3llm.cli", "demo", "--out", str(out), "--train-clips", "12", "--video-clips", "8",
+        [sys.executable, "-m", "c3llm.cli", "demo", "--out", str(out), "--train-clips", "12", "--video-clips", "8",
          "--test-clips", "4", "--steps", "8", "--batch-size", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from modeling_c3llm.cli import main
-from modeling_c3llm.metrics.audio_models import Cnn14, VGGish, save_audio_model
-from processing_c3llm.synthfoley import write_synthfoley
+from c3llm.cli import main
+from c3llm.metrics.audio_models import Cnn14, VGGish, save_audio_model
+from c3llm.synthfoley.synthfoley import write_synthfoley
 
 
 @pytest.mark.slow
@@ -53,7 +53,7 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     assert values[("text-to-audio", "fad")] == pytest.approx(tasks["text-to-audio"]["scores"]["fad"])
     # A second run replaces the same task/dataset results instead of appending duplicates.
     from conversion.model_card import update_model_index
-    from modeling_c3llm.eval_c3llm import model_index_results
+    from c3llm.evaluation import model_index_results
 
     update_model_index(card, model_index_results(results))
     assert len(ModelCard.load(card).data.eval_results) == len(loaded.data.eval_results)

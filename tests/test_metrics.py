@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_c3llm.metrics import (
+from c3llm.metrics import (
     MODULES,
     clip_onset_scores,
     detect_onsets,
     metric_path,
 )
-from modeling_c3llm.metrics.audio_models import (
+from c3llm.metrics.audio_models import (
     Cnn14,
     VGGish,
     load_audio_model,
     save_audio_model,
 )
-from modeling_c3llm.metrics.captioning import (
+from c3llm.metrics.captioning import (
     MissingToolError,
     caption_scores,
     find_java,
@@ -84,7 +84,7 @@ def test_caption_inputs_and_java_are_checked(tmp_path):
 
 
 def test_modules_load_offline_in_a_fresh_process():
-    code = ("import evaluate\nfrom modeling_c3llm.metrics import MODULES, metric_path\n"
+    code = ("import evaluate\nfrom c3llm.metrics import MODULES, metric_path\n"
             "print(sorted(type(evaluate.load(metric_path(m))).__name__ for m in MODULES))")  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True)

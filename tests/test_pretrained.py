@@ -21,7 +21,7 @@ from conversion.model_card import (
     render_model_card,
     update_model_index,
 )
-from conversion.standins import save_standin_parts
+from c3llm.standins import save_standin_parts
 from processing_c3llm.processing_c3llm import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "modeling_c3llm.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "c3llm.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=cwd or ROOT, timeout=600, check=False)
 
 

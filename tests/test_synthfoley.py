@@ -1,4 +1,4 @@
-"""Tests for the SynthFoley dataset (processing_c3llm.synthfoley) and the DSP event detector."""
+"""Tests for the SynthFoley dataset (c3llm.synthfoley.synthfoley) and the DSP event detector."""
 
 import csv
 import itertools
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt
 
-from processing_c3llm.event_detector import DetectedEvent, detect_events, event_classes, onsets
+from c3llm.synthfoley.event_detector import DetectedEvent, detect_events, event_classes, onsets
 from processing_c3llm.media_c3llm import load_audio, load_video
-from processing_c3llm.synthfoley import (
+from c3llm.synthfoley.synthfoley import (
     BACKGROUND_DB,
     EVENT_CLASSES,
     EVENT_VISUALS,

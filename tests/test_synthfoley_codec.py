@@ -1,4 +1,4 @@
-"""The committed SynthFoley codec (conversion/synthfoley_codec): its config, that SynthFoley events survive its
+"""The committed SynthFoley codec (c3llm/synthfoley/codec): its config, that SynthFoley events survive its
 encode -> decode (where a random codec of the same config loses them), and a smoke run of its training script."""
 
 from pathlib import Path
@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import EncodecModel
 
-from conversion.codec_model import codec_forward, library_reconstruct, make_config, reset_weights
-from conversion.train_codec import train
-from processing_c3llm import event_detector
-from processing_c3llm.synthfoley import make_clip
+from c3llm.synthfoley.codec_model import codec_forward, library_reconstruct, make_config, reset_weights
+from c3llm.synthfoley.train_codec import train
+from c3llm.synthfoley import event_detector
+from c3llm.synthfoley.synthfoley import make_clip
 
 
 CODEC = Path(__file__).resolve().parents[1] / "conversion" / "synthfoley_codec"

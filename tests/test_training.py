@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, TrainerCallback
 
 from modeling_c3llm import C3LLMForConditionalGeneration
-from modeling_c3llm.training_c3llm import (
+from c3llm.training import (
     PROJECTORS,
     C3LLMTrainingArguments,
     DataArguments,
@@ -29,7 +29,7 @@ from modeling_c3llm.training_c3llm import (
     run_training,
     standardize_projectors,
 )
-from processing_c3llm.collator_c3llm import C3LLMDataCollator
+from c3llm.data.collator import C3LLMDataCollator
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def test_efficient_token_rows_match_peft_and_skip_the_frozen_rows_gradient(tied,
     from torch.utils.flop_counter import FlopCounterMode
 
     from conversion.build_c3llm import tiny_config, tiny_tokenizer
-    from modeling_c3llm.token_rows import EfficientTrainableTokens
+    from c3llm.token_rows import EfficientTrainableTokens
 
     config = tiny_config(len(tiny_tokenizer()))
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = tied
@@ -402,7 +402,7 @@ DDP_SCRIPT = textwrap.dedent(
     import numpy as np, torch
     from datasets import Dataset
     from transformers import TrainerCallback
-    from modeling_c3llm.training_c3llm import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
+    from c3llm.training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
 
     folder, out, per_device = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = np.random.default_rng(0)
@@ -514,7 +514,7 @@ def test_trainer_with_gradient_checkpointing_matches_without(tiny_folder, tmp_pa
 # ---- data loading and the command line -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_main_trains_from_an_audiocaps_folder(tiny_folder, tmp_path, capsys):
-    from processing_c3llm.synthfoley import write_audiocaps
+    from c3llm.synthfoley.synthfoley import write_audiocaps
 
     data = tmp_path / "audiocaps"
     write_audiocaps(data, 4, "train", seed=0, duration=1.0)
@@ -538,7 +538,7 @@ def test_main_trains_from_an_audiocaps_folder(tiny_folder, tmp_path, capsys):
 
 
 def test_main_reports_missing_corrupt_and_unusable_clips(tiny_folder, tmp_path, capsys):
-    from processing_c3llm.synthfoley import write_audiocaps
+    from c3llm.synthfoley.synthfoley import write_audiocaps
 
     data = tmp_path / "audiocaps"
     write_audiocaps(data, 5, "train", seed=0, duration=1.0)
@@ -572,7 +572,7 @@ def test_main_reports_missing_corrupt_and_unusable_clips(tiny_folder, tmp_path, 
 
 # ---- configuration --------------------------------------------------------------------------------------------------
 def test_condition_dropout_applies_to_training_batches_only(tiny_folder, tmp_path):
-    from modeling_c3llm.training_c3llm import C3LLMTrainer
+    from c3llm.training import C3LLMTrainer
 
     processor = AutoProcessor.from_pretrained(tiny_folder)
     model = C3LLMForConditionalGeneration.from_pretrained(tiny_folder)

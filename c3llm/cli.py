@@ -1,0 +1,572 @@
+"""The `c3llm` command line: build a model folder, run one task from files, tour every task, train, or run the demo.
+
+    c3llm build --tiny --out models/tiny
+    c3llm generate --model models/tiny --task text-to-audio --text "a dog barks" --seconds 2 --out dog.wav
+    c3llm tour --out outputs/tour
+    c3llm train c3llm/recipes/stage1.yaml
+    c3llm demo --out outputs/demo
+
+`generate` and `tour` share one code path (`run_task`), so the tour exercises exactly what `generate` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from c3llm.loading import CLIError, load_model
+from processing_c3llm.media_c3llm import MediaError, atomic_path, write_text, write_wav
+from processing_c3llm.processing_c3llm import TASKS
+
+PROG = "c3llm"
+# CLI flag of each input a task can need (the keys of TASKS[task][0]).
+INPUT_FLAGS = {"text": "--text", "audio": "--audio", "video": "--video", "image": "--image"}
+TOUR_MARKER = ".c3llm-tour"
+TOUR_TEXTS = {
+    "text-to-audio": "a dog barks in the rain",
+    "video-text-to-audio": "footsteps on gravel",
+    "image-text-to-audio": "birds singing at dawn",
+}
+DEFAULT_MAX_NEW_TOKENS = 32
+
+
+def _quiet_libraries() -> None:
+    """Hides the libraries' own progress bars and info logs; the CLI prints its own summary."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# ---- shared helpers -------------------------------------------------------------------------------------------------
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {value!r}")
+    return number
+
+
+def _check_empty_dir(path: Path, flag: str) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise CLIError(f"{flag} {path} exists and is not an empty folder; choose a new folder or remove it first.")
+
+
+# ---- model loading and the one task runner shared by `generate` and `tour` ------------------------------------------
+@dataclass
+class TaskInputs:
+    """Input files of one task; `None` where the task doesn't take that input."""
+
+    text: str | None = None
+    audio: Path | None = None
+    video: Path | None = None
+    image: Path | None = None
+    video_features: Path | None = None
+
+
+@dataclass
+class TaskResult:
+    task: str
+    output: Path
+    seconds: float | None = None  # audio tasks
+    sampling_rate: int | None = None  # audio tasks
+    text: str | None = None  # text tasks
+
+    def describe(self) -> str:
+        if self.seconds is not None:
+            return f"{self.seconds:.2f} s of audio at {self.sampling_rate} Hz"
+        return repr(self.text)
+
+
+def validate_inputs(task: str, inputs: TaskInputs) -> None:
+    """Checks that `inputs` has exactly what `task` needs and that the files exist; raises CLIError naming the flag."""
+    if task not in TASKS:
+        raise CLIError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    needs = TASKS[task][0]
+    given = {
+        "text": inputs.text is not None,
+        "audio": inputs.audio is not None,
+        "video": inputs.video is not None or inputs.video_features is not None,
+        "image": inputs.image is not None,
+    }
+    if inputs.video is not None and inputs.video_features is not None:
+        raise CLIError("give either --video or --video-features, not both.")
+    for name in needs:
+        if not given[name]:
+            flag = "--video (or --video-features)" if name == "video" else INPUT_FLAGS[name]
+            raise CLIError(f"task {task!r} needs {flag}.")
+    for name, is_given in given.items():
+        if is_given and name not in needs:
+            flag = INPUT_FLAGS[name]
+            if name == "video" and inputs.video is None:
+                flag = "--video-features"
+            hint = " (use a '-text-' variant of the task to add a text prompt)" if name == "text" else ""
+            raise CLIError(f"task {task!r} does not take {flag}{hint}; it needs {', '.join(INPUT_FLAGS[n] for n in needs)}.")
+    if inputs.text is not None and not inputs.text.strip():
+        raise CLIError("--text is empty; give a non-empty prompt.")
+    for flag, path in (
+        ("--audio", inputs.audio),
+        ("--video", inputs.video),
+        ("--image", inputs.image),
+        ("--video-features", inputs.video_features),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise CLIError(f"{flag} file '{path}' does not exist or is not a file.")
+
+
+def _load_video_features(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--video-features file '{path}' is not a readable .npy array ({e}).") from e
+    if not isinstance(array, np.ndarray):
+        raise CLIError(f"--video-features file '{path}' must hold one array (frames, features), not an .npz archive.")
+    return array
+
+
+def run_task(
+    model,
+    processor,
+    task: str,
+    inputs: TaskInputs,
+    out: str | os.PathLike,
+    *,
+    seconds: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    greedy: bool = False,
+    temperature: float | None = None,
+    top_k: int | None = None,
+) -> TaskResult:
+    """Runs one task from files and writes its output: a WAV for audio tasks, a UTF-8 text file for text tasks."""
+    import torch
+
+    validate_inputs(task, inputs)
+    output_kind = TASKS[task][1]
+    out = Path(out)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give a file path.")
+    if output_kind == "audio" and out.suffix.lower() != ".wav":
+        raise CLIError(f"task {task!r} writes audio; --out must end with .wav (got '{out}').")
+    if output_kind == "audio" and max_new_tokens is not None:
+        raise CLIError(f"--max-new-tokens applies to text tasks; task {task!r} makes audio, use --seconds.")
+    if output_kind == "text" and seconds is not None:
+        raise CLIError(f"--seconds applies to audio tasks; task {task!r} makes text, use --max-new-tokens.")
+    if output_kind == "audio" and seconds is not None:
+        limit = 10 * float(model.config.max_audio_seconds)  # what C3LLMForConditionalGeneration.generate accepts
+        if seconds > limit:
+            raise CLIError(f"--seconds must be at most {limit:g} for this model, got {seconds:g}.")
+    if greedy and (temperature is not None or top_k is not None):
+        raise CLIError("--greedy picks the most likely token; it cannot be combined with --temperature or --top-k.")
+
+    try:
+        video_features = _load_video_features(inputs.video_features) if inputs.video_features else None
+        batch = processor(
+            text=inputs.text,
+            audio=os.fspath(inputs.audio) if inputs.audio else None,
+            videos=os.fspath(inputs.video) if inputs.video else None,
+            images=os.fspath(inputs.image) if inputs.image else None,
+            video_features=video_features,
+            task=task,
+        )
+        kwargs: dict[str, Any] = {"do_sample": not greedy}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        if top_k is not None:
+            kwargs["top_k"] = top_k
+        if output_kind == "audio":
+            kwargs["audio_length_in_s"] = seconds
+        else:
+            kwargs["max_new_tokens"] = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        torch.manual_seed(seed)
+        generated = model.generate(**batch, **kwargs)
+    except (MediaError, ValueError) as e:
+        raise CLIError(str(e)) from e
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if output_kind == "audio":
+        waveform = processor.decode_audio(generated)[0]
+        rate = int(generated["sampling_rate"])
+        write_wav(out, waveform, rate)
+        return TaskResult(task, out, seconds=waveform.shape[-1] / rate, sampling_rate=rate)
+    new_ids = generated[:, batch["input_ids"].shape[1] :]
+    text = processor.batch_decode(new_ids, skip_special_tokens=True)[0].strip()
+    write_text(out, text + "\n")
+    return TaskResult(task, out, text=text)
+
+
+# ---- build ----------------------------------------------------------------------------------------------------------
+def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from conversion.build_c3llm import build_tiny
+
+    out = Path(args.out)
+    _check_empty_dir(out, "--out")
+    start = time.perf_counter()
+    try:
+        if not args.tiny:
+            from c3llm.hub_commands import cmd_build_pretrained
+
+            print(cmd_build_pretrained(args))
+            return 0
+        model, _ = build_tiny(out, seed=args.seed, num_codebooks=args.num_codebooks)
+    except (ValueError, FileExistsError) as e:
+        raise CLIError(str(e)) from e
+    parameters = sum(p.numel() for p in model.parameters())
+    print(
+        f"built the tiny random C3LLM ({parameters / 1e6:.2f} M parameters, {args.num_codebooks} "
+        f"codebook{'s' if args.num_codebooks != 1 else ''}, "
+        f"seed {args.seed}) in {out} ({time.perf_counter() - start:.1f} s)"
+    )
+    return 0
+
+
+# ---- generate -------------------------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    inputs = TaskInputs(
+        text=args.text,
+        audio=args.audio,
+        video=args.video,
+        image=args.image,
+        video_features=args.video_features,
+    )
+    validate_inputs(args.task, inputs)  # before the (slow) model load
+    model, processor = load_model(args.model)
+    result = run_task(
+        model,
+        processor,
+        args.task,
+        inputs,
+        args.out,
+        seconds=args.seconds,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+    )
+    print(f"{result.task}: wrote {result.output} ({result.describe()})")
+    return 0
+
+
+# ---- tour -----------------------------------------------------------------------------------------------------------
+def _write_tour_audio(path: Path) -> None:
+    """1 s of a 440 Hz sine at 44.1 kHz, stereo: the processor resamples to CLAP's rate and downmixes to mono."""
+    rate = 44100
+    t = np.arange(rate) / rate
+    tone = 0.4 * np.sin(2 * np.pi * 440.0 * t)
+    write_wav(path, np.stack([tone, 0.8 * tone]).astype(np.float32), rate)
+
+
+def _write_tour_video(path: Path, frames: int = 12, size: int = 32, fps: int = 10) -> None:
+    """A short MP4 (mpeg4, yuv420p): a bright square moving right over a dark background."""
+    import av
+
+    with atomic_path(path, suffix=".mp4") as tmp:
+        with av.open(tmp, "w") as container:
+            stream = container.add_stream("mpeg4", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+            for i in range(frames):
+                image = np.full((size, size, 3), 24, dtype=np.uint8)
+                x = 2 + 2 * i
+                image[10:20, x : x + 10] = (230, 200, 40)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+
+def _write_tour_image(path: Path, size: int = 32) -> None:
+    """A 32x32 PNG: a colour gradient with a filled circle."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([x * 255 // (size - 1), y * 255 // (size - 1), np.full_like(x, 96)], axis=-1).astype(np.uint8)
+    image[(x - size / 2) ** 2 + (y - size / 2) ** 2 < (size / 4) ** 2] = (250, 250, 250)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def _prepare_tour_dir(out: Path) -> None:
+    """Accepts a new or empty folder, or one a previous tour made (its model/inputs/outputs are replaced)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder.")
+    if out.exists() and any(out.iterdir()):
+        if not (out / TOUR_MARKER).is_file():
+            raise CLIError(
+                f"--out {out} is not empty and was not made by `c3llm tour`; choose a new folder or remove it first."
+            )
+        for name in ("model", "inputs", "outputs"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TOUR_MARKER).write_text("made by `c3llm tour`; running it again replaces model/, inputs/ and outputs/\n")
+
+
+def tour_inputs(inputs_dir: Path) -> dict[str, TaskInputs]:
+    """Writes the tour's input files and returns the inputs of every task."""
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    audio, video, image = inputs_dir / "sine_440hz_44k1_stereo.wav", inputs_dir / "moving_square.mp4", inputs_dir / "gradient.png"
+    _write_tour_audio(audio)
+    _write_tour_video(video)
+    _write_tour_image(image)
+    files = {"audio": audio, "video": video, "image": image}
+    tasks = {}
+    for task, (needs, _) in TASKS.items():
+        tasks[task] = TaskInputs(text=TOUR_TEXTS.get(task) if "text" in needs else None,
+                                 **{name: files[name] for name in needs if name != "text"})
+    return tasks
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def cmd_tour(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tqdm.auto import tqdm
+
+    from conversion.build_c3llm import build_tiny
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    _prepare_tour_dir(out)
+    model_dir, outputs_dir = out / "model", out / "outputs"
+    print(f"building the tiny random model in {model_dir} ...", flush=True)
+    build_tiny(model_dir, seed=args.seed)
+    tasks = tour_inputs(out / "inputs")
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = load_model(model_dir)
+
+    results = []
+    bar = tqdm(tasks.items(), desc="tasks", unit="task", total=len(tasks), file=sys.stderr)
+    for task, inputs in bar:
+        bar.set_postfix_str(task)
+        suffix = ".wav" if TASKS[task][1] == "audio" else ".txt"
+        seconds = args.seconds if TASKS[task][1] == "audio" else None
+        results.append(run_task(model, processor, task, inputs, outputs_dir / f"{task}{suffix}",
+                                seconds=seconds, seed=args.seed))
+    bar.close()
+
+    rows = [("task", "output", "result")]
+    for result in results:
+        shown = f"{result.seconds:.2f} s audio" if result.seconds is not None else _shorten(result.text or "", 40)
+        rows.append((result.task, os.fspath(result.output), shown))
+    print(_table(rows))
+    print(f"tour done: {len(results)} tasks in {time.perf_counter() - start:.1f} s; outputs in {outputs_dir}")
+    return 0
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = repr(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- parser ---------------------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's line breaks and appends real defaults (not None/False) to the flag help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if not hidden and "%(default)" not in help_text and action.option_strings:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+BUILD_EPILOG = """examples:
+  c3llm build --out models/c3llm                       # google/gemma-2b, facebook/encodec_24khz, laion/clap-htsat-unfused, CLIP
+  c3llm build --llm parts/llm --codec parts/codec --audio-encoder parts/clap --vision-encoder parts/clip \\
+      --dtype bfloat16 --max-shard-size 2GB --out models/c3llm
+  c3llm build --tiny --out models/tiny
+  c3llm build --tiny --out models/tiny-4cb --num-codebooks 4 --seed 1
+
+The folder holds config.json, model.safetensors, the processor files and the modelling code, so it loads with
+AutoModel/AutoProcessor (after `import modeling_c3llm, processing_c3llm`) or with trust_remote_code=True.
+"""
+
+GENERATE_EPILOG = """tasks and the inputs they need:
+""" + "\n".join(
+    f"  {task:<20} {' + '.join(INPUT_FLAGS[n] for n in needs):<16} -> {kind}" for task, (needs, kind) in TASKS.items()
+) + """
+  (--video-features NPY can replace --video: per-frame features of shape (frames, feature_size))
+
+examples:
+  c3llm generate --model models/tiny --task text-to-audio --text "a dog barks" --seconds 2 --out dog.wav
+  c3llm generate --model models/tiny --task audio-to-text --audio clip.wav --max-new-tokens 20 --out clip.txt
+  c3llm generate --model models/tiny --task video-to-audio --video clip.mp4 --seconds 1.5 --out clip.wav
+  c3llm generate --model models/tiny --task video-text-to-audio --video clip.mp4 --text "rain" --out rain.wav
+  c3llm generate --model models/tiny --task image-to-audio --image photo.png --greedy --out photo.wav
+
+Exit codes: 0 success, 2 invalid arguments or inputs (printed as 'c3llm: error: ...').
+"""
+
+TOUR_EPILOG = """examples:
+  c3llm tour --out outputs/tour
+  c3llm tour --out outputs/tour --seconds 2 --seed 3
+
+Layout: DIR/model (tiny random model), DIR/inputs (sine WAV at 44.1 kHz stereo, 12-frame MP4, PNG),
+DIR/outputs (one .wav or .txt per task). Running it again on the same DIR replaces those three folders.
+The model is random, so the audio is noise and the text gibberish: the tour checks the plumbing, not quality;
+`c3llm demo` trains a small model that learns.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="C3LLM (arXiv 2405.16136): one LLM for text/video/image -> audio and audio/video -> text.",
+        epilog="examples:\n  c3llm build --tiny --out models/tiny\n"
+        "  c3llm generate --model models/tiny --task text-to-audio --text 'a dog barks' --out dog.wav\n"
+        "  c3llm tour --out outputs/tour\n  c3llm train c3llm/recipes/stage1.yaml\n"
+        "  c3llm demo --out outputs/demo\n  c3llm eval --model models/tiny --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval\n\nRun `c3llm COMMAND --help` for the flags of each command.",
+        formatter_class=_HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    build = commands.add_parser(
+        "build",
+        help="build a model folder",
+        description="Build a C3LLM model folder (weights, configs, processor, code, model card): from pretrained\n"
+        "parts, or the tiny random model with --tiny.",
+        epilog=BUILD_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    source = build.add_argument_group("model source (pretrained parts: Hub ids or local folders)")
+    source.add_argument(
+        "--tiny",
+        action="store_true",
+        help="build the tiny random model instead (a few hundred thousand parameters, every part real but narrow)",
+    )
+    from c3llm.hub_commands import add_build_source_flags
+
+    add_build_source_flags(source, build)
+    build.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write the model into")
+    build.add_argument("--seed", type=int, default=0, help="random seed of the weight initialisation")
+    build.add_argument(
+        "--num-codebooks",
+        type=_positive_int,
+        default=2,
+        metavar="K",
+        help="EnCodec codebooks the model uses: the LLM predicts the first, the NAR head the other K-1",
+    )
+    build.set_defaults(handler=cmd_build, subparser=build)
+
+    generate = commands.add_parser(
+        "generate",
+        help="run one task from input files",
+        description="Run one C3LLM task from input files and write a WAV (audio tasks) or a UTF-8 text file\n"
+        "(text tasks), then print a one-line summary.",
+        epilog=GENERATE_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    generate.add_argument("--model", required=True, metavar="DIR", help="model folder (from `c3llm build`)")
+    generate.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
+                          help=f"the task: one of {', '.join(TASKS)}")
+    inputs = generate.add_argument_group("inputs (give exactly those the task needs)")
+    inputs.add_argument("--text", metavar="T", help="text prompt (text-to-audio, video-text-to-audio, image-text-to-audio)")
+    inputs.add_argument("--audio", type=Path, metavar="WAV",
+                        help="source audio file (audio-to-text); any rate and channel count, resampled and downmixed")
+    inputs.add_argument("--video", type=Path, metavar="MP4",
+                        help="video file (video-to-audio, video-to-caption, video-text-to-audio)")
+    inputs.add_argument("--image", type=Path, metavar="IMG", help="image file, e.g. PNG or JPEG (image-to-audio, image-text-to-audio)")
+    inputs.add_argument("--video-features", type=Path, metavar="NPY",
+                        help="instead of --video: .npy array of precomputed per-frame features (frames, feature_size)")
+    sampling = generate.add_argument_group("generation")
+    sampling.add_argument("--seconds", type=_positive_float, metavar="S",
+                          help="length of the audio (audio tasks); default: until the model ends the clip or the "
+                          "model's max_audio_seconds")
+    sampling.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
+                          help=f"most tokens of text to generate (text tasks); default {DEFAULT_MAX_NEW_TOKENS}")
+    sampling.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
+    sampling.add_argument("--greedy", action="store_true", help="pick the most likely token instead of sampling")
+    sampling.add_argument("--temperature", type=_positive_float, metavar="F",
+                          help="sampling temperature (default: the model's generation config)")
+    sampling.add_argument("--top-k", type=_non_negative_int, metavar="K",
+                          help="sample among the K most likely tokens, 0 for all (default: the model's generation config)")
+    generate.add_argument("--out", required=True, type=Path, metavar="PATH",
+                          help="output file: .wav for audio tasks, a text file (e.g. .txt) for text tasks")
+    generate.set_defaults(handler=cmd_generate, subparser=generate)
+
+    tour = commands.add_parser(
+        "tour",
+        help="run every task on a tiny random model, offline",
+        description="Build the tiny random model, synthesise inputs (WAV, MP4, PNG), run every task through the\n"
+        "same code as `generate` and print a summary table. Needs no network and no downloaded weights.",
+        epilog=TOUR_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    tour.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="folder for model/, inputs/ and outputs/ (new, empty, or from a previous tour)")
+    tour.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="length of each generated clip")
+    tour.add_argument("--seed", type=int, default=0, help="random seed of the model weights and of the sampling")
+    tour.set_defaults(handler=cmd_tour, subparser=tour)
+
+    # `c3llm train ...` is handed to the training recipe's own HfArgumentParser (see main); listed here for --help.
+    commands.add_parser("train", help="fine-tune with the Trainer recipes (see `c3llm train --help`)", add_help=False)
+
+    from .demo import add_demo_parser
+
+    add_demo_parser(commands, _HelpFormatter)
+    from .evaluation import add_eval_parser
+
+    add_eval_parser(commands, _HelpFormatter)
+    from c3llm.hub_commands import add_hub_commands
+
+    add_hub_commands(commands, _HelpFormatter)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from .training import main as train_main
+
+        return train_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.handler(args, args.subparser)
+    except (CLIError, ValueError, FileExistsError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Loading a model for the commands: a folder or a Hub id, with one clear error line for what cannot be loaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as `c3llm: error: <message>`, exit code 2, no traceback."""
+
+
+def load_model(source: str | os.PathLike):
+    """Loads a C3LLM model and processor from a folder or a Hub repository id (downloaded unless HF_HUB_OFFLINE is set,
+    as everywhere in transformers). Missing, corrupt or truncated files end in a `CLIError` naming the file."""
+    from huggingface_hub import constants
+    from safetensors import SafetensorError
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_c3llm  # noqa: F401  (registers AutoModel)
+    import processing_c3llm  # noqa: F401  (registers AutoProcessor)
+
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir():
+            raise CLIError(f"--model {path} is not a folder; build one with `c3llm build --tiny --out {path}`.")
+        if not (path / "config.json").is_file():
+            raise CLIError(f"--model {path} has no config.json, so it is not a C3LLM model folder.")
+    try:
+        model = AutoModel.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
+    except SafetensorError as e:
+        raise CLIError(f"the weights of {source} are corrupt or truncated ({e}); download or save them again.") from e
+    except (OSError, ValueError, KeyError) as e:
+        where = "folder" if path.exists() else "Hub repository" + (" (offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"could not load the model from the {where} {source}: {message}") from e
+    return model.eval(), processor

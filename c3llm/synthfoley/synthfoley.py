@@ -1,0 +1,335 @@
+"""SynthFoley: a procedural sound-event dataset with captions and matching videos, written in the AudioCaps and
+VGGSound layouts so that the C3LLM data pipeline and metrics can be exercised without downloading anything.
+
+Every clip holds 1..N non-overlapping events from six classes. The audio is synthesized, the caption comes from a
+template and the video shows one colored shape per event, from the event's onset frame for its duration.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
+
+EVENT_CLASSES = ("high beep", "low beep", "chirp", "noise burst", "click train", "hum")
+
+EVENT_DURATIONS = {
+    "high beep": 0.15,
+    "low beep": 0.15,
+    "chirp": 0.3,
+    "noise burst": 0.12,
+    "click train": 0.258,  # 6 clicks 50 ms apart, the last one 8 ms long
+    "hum": 0.6,
+}
+
+# class -> (shape, RGB color, size as a fraction of the frame side)
+EVENT_VISUALS = {
+    "high beep": ("square", (255, 255, 0), 0.25),
+    "low beep": ("square", (0, 0, 255), 0.5),
+    "chirp": ("triangle", (0, 255, 0), 0.375),
+    "noise burst": ("circle", (255, 255, 255), 0.375),
+    "click train": ("plus", (255, 0, 0), 0.375),
+    "hum": ("bar", (255, 0, 255), 0.625),
+}
+
+MIN_GAP = 0.1  # seconds of silence between consecutive events
+BACKGROUND_DB = -45.0  # dB re full scale, the standard deviation of the white background noise
+_FADE = 0.005
+_CLICK_SPACING = 0.05
+_CLICK_LENGTH = 0.008
+_REPEAT_WORDS = {2: "twice", 3: "three times", 4: "four times", 5: "five times", 6: "six times"}
+_WORD_COUNTS = {word: count for count, word in _REPEAT_WORDS.items()}
+_CLASS_PATTERN = re.compile(
+    r"\b(" + "|".join(re.escape(name) for name in EVENT_CLASSES) + r")\b"
+    r"(?:\s+repeats\s+(" + "|".join(_WORD_COUNTS) + r"|\d+\s+times))?"
+)
+
+
+@dataclass
+class Event:
+    """One sound event: its class, onset and duration in seconds."""
+
+    label: str
+    onset: float
+    duration: float
+
+
+@dataclass
+class Clip:
+    """A synthesized clip: mono float32 audio, its events in onset order, caption and uint8 RGB frames (N, H, W, 3)."""
+
+    audio: np.ndarray
+    sampling_rate: int
+    events: list[Event]
+    caption: str
+    frames: np.ndarray
+    fps: float
+
+
+def make_caption(labels: Sequence[str]) -> str:
+    """Template caption for event classes in onset order; consecutive repeats merge into 'repeats twice' etc."""
+    if not labels:
+        raise ValueError("make_caption needs at least one event label.")
+    parts = []
+    index = 0
+    while index < len(labels):
+        count = 1
+        while index + count < len(labels) and labels[index + count] == labels[index]:
+            count += 1
+        part = f"a {labels[index]}"
+        if count > 1:
+            part += f" repeats {_REPEAT_WORDS.get(count, f'{count} times')}"
+        parts.append(part)
+        index += count
+    return ", then ".join(parts)
+
+
+def parse_caption(caption: str) -> list[str]:
+    """Event classes mentioned in a caption, in order, with 'repeats twice'/'repeats N times' expanded."""
+    labels = []
+    for match in _CLASS_PATTERN.finditer(caption.lower()):
+        repeat = match.group(2)
+        if repeat is None:
+            count = 1
+        elif repeat in _WORD_COUNTS:
+            count = _WORD_COUNTS[repeat]
+        else:
+            count = int(repeat.split()[0])
+        labels.extend([match.group(1)] * count)
+    return labels
+
+
+def event_frames(event: Event, fps: float) -> range:
+    """Indices of the video frames that show `event`: from its onset frame for its duration, at least one frame."""
+    first = round(event.onset * fps)
+    last = int(np.ceil((event.onset + event.duration) * fps - 1e-6))
+    return range(first, max(first + 1, last))
+
+
+def _fade(signal: np.ndarray, sampling_rate: int) -> np.ndarray:
+    length = min(int(_FADE * sampling_rate), len(signal) // 2)
+    ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(length) / length)
+    signal[:length] *= ramp
+    signal[len(signal) - length :] *= ramp[::-1]
+    return signal
+
+
+def synthesize_event(label: str, rng: np.random.Generator, sampling_rate: int) -> np.ndarray:
+    """The waveform of one event of class `label`, peak amplitude about 0.3-0.5, with a short fade at both ends."""
+    amplitude = rng.uniform(0.3, 0.5)
+    num_samples = round(EVENT_DURATIONS[label] * sampling_rate)
+    t = np.arange(num_samples) / sampling_rate
+    phase = rng.uniform(0, 2 * np.pi)
+    if label in ("high beep", "low beep"):
+        frequency = 1760.0 if label == "high beep" else 440.0
+        envelope = np.minimum(1.0, t / 0.003) * np.exp(-t / 0.15)
+        signal = envelope * np.sin(2 * np.pi * frequency * t + phase)
+    elif label == "chirp":
+        start, stop, length = 600.0, 3000.0, EVENT_DURATIONS[label]
+        signal = np.sin(2 * np.pi * (start * t + (stop - start) * t**2 / (2 * length)) + phase)
+    elif label == "noise burst":
+        signal = rng.uniform(-1.0, 1.0, num_samples)
+    elif label == "click train":
+        signal = np.zeros(num_samples)
+        click_length = round(_CLICK_LENGTH * sampling_rate)
+        decay = np.exp(-np.arange(click_length) / (0.0025 * sampling_rate))
+        for k in range(6):
+            start = round(k * _CLICK_SPACING * sampling_rate)
+            signal[start : start + click_length] = rng.uniform(-1.0, 1.0, click_length) * decay
+        return amplitude * signal  # clicks are already faded by their decay
+    else:  # hum
+        harmonics = [(1, 1.0), (2, 0.5), (3, 0.3)]
+        signal = sum(gain * np.sin(2 * np.pi * 110.0 * k * t + k * phase) for k, gain in harmonics) / 1.5
+    return amplitude * _fade(signal, sampling_rate)
+
+
+def _draw(frame: np.ndarray, label: str, rng: np.random.Generator) -> None:
+    """Draws the shape of class `label` at a random position that keeps it inside the frame."""
+    shape, color, fraction = EVENT_VISUALS[label]
+    height, width = frame.shape[:2]
+    size = max(2, round(fraction * min(height, width)))
+    box_h = max(1, size // 4) if shape == "bar" else size
+    top = int(rng.integers(0, height - box_h + 1))
+    left = int(rng.integers(0, width - size + 1))
+    y, x = np.mgrid[:box_h, :size]
+    if shape == "triangle":
+        mask = np.abs(2 * x - (size - 1)) <= y
+    elif shape == "circle":
+        mask = (2 * y - (size - 1)) ** 2 + (2 * x - (size - 1)) ** 2 <= size**2
+    elif shape == "plus":
+        bar = max(1, size // 3)
+        middle = (size - bar) // 2
+        mask = ((y >= middle) & (y < middle + bar)) | ((x >= middle) & (x < middle + bar))
+    else:  # square, bar
+        mask = np.ones((box_h, size), dtype=bool)
+    frame[top : top + box_h, left : left + size][mask] = color
+
+
+def _place(labels: list[str], duration: float, fps: float, rng: np.random.Generator) -> list[Event]:
+    """Random onsets on the frame grid, one free frame before the first event and >= MIN_GAP between events."""
+    while True:
+        steps = [int(np.ceil((EVENT_DURATIONS[label] + MIN_GAP) * fps - 1e-6)) for label in labels[:-1]]
+        last_onset = int(np.floor((duration - EVENT_DURATIONS[labels[-1]]) * fps + 1e-6))
+        last_onset = min(last_onset, round(duration * fps) - 1)
+        slack = last_onset - 1 - sum(steps)
+        if slack >= 0:
+            break
+        if len(labels) == 1:
+            raise ValueError(f"a {duration} s clip is too short for a '{labels[0]}' event.")
+        labels = labels[:-1]
+    extra = rng.multinomial(slack, np.full(len(labels) + 1, 1.0 / (len(labels) + 1)))
+    frame, events = 1 + int(extra[0]), []
+    for i, label in enumerate(labels):
+        events.append(Event(label, frame / fps, EVENT_DURATIONS[label]))
+        if i < len(steps):
+            frame += steps[i] + int(extra[i + 1])
+    return events
+
+
+def make_clip(
+    rng: np.random.Generator,
+    duration: float = 2.0,
+    sampling_rate: int = 24000,
+    fps: float = 10.0,
+    frame_size: int = 32,
+    max_events: int = 3,
+) -> Clip:
+    """Synthesizes one clip with 1..max_events events on the video frame grid (fewer if they do not fit)."""
+    num_events = int(rng.integers(1, max_events + 1))
+    labels = [EVENT_CLASSES[i] for i in rng.integers(0, len(EVENT_CLASSES), num_events)]
+    events = _place(labels, duration, fps, rng)
+    num_samples = round(duration * sampling_rate)
+    audio = rng.normal(0.0, 10 ** (BACKGROUND_DB / 20), num_samples)
+    frames = np.zeros((round(duration * fps), frame_size, frame_size, 3), dtype=np.uint8)
+    for event in events:
+        signal = synthesize_event(event.label, rng, sampling_rate)
+        start = round(event.onset * sampling_rate)
+        audio[start : start + len(signal)] += signal[: num_samples - start]
+        shown = event_frames(event, fps)
+        _draw(frames[shown.start], event.label, rng)
+        frames[shown.start + 1 : shown.stop] = frames[shown.start]
+    audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+    caption = make_caption([event.label for event in events])
+    return Clip(audio, sampling_rate, events, caption, frames, fps)
+
+
+def _clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "big"), index])
+
+
+def _clip_id(seed: int, split: str, index: int) -> str:
+    """An 11-character YouTube-like id: 'sf' + 9 hex digits derived from (seed, split, index)."""
+    return "sf" + hashlib.sha256(f"synthfoley/{seed}/{split}/{index}".encode()).hexdigest()[:9]
+
+
+def _write_sidecar(path: Path, entries: dict[str, dict], merge: bool) -> None:
+    if merge and path.is_file():
+        entries = {**json.loads(path.read_text(encoding="utf-8")), **entries}
+    write_text(path, json.dumps(entries, indent=1) + "\n")
+
+
+def _sidecar_entry(clip: Clip, file: str) -> dict:
+    return {"file": file, "caption": clip.caption, "events": [asdict(event) for event in clip.events]}
+
+
+def write_audiocaps(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
+    """Writes `root/{split}.csv` (audiocap_id,youtube_id,start_time,caption), `root/audio/{split}/{id}.wav`
+    (24 kHz mono 16-bit) and the `root/synthfoley_{split}.json` sidecar; returns the CSV path."""
+    root = Path(root)
+    (root / "audio" / split).mkdir(parents=True, exist_ok=True)
+    rows, entries = [], {}
+    for index in range(num_clips):
+        clip = make_clip(_clip_rng(seed, split, index), duration=duration)
+        clip_id = _clip_id(seed, split, index)
+        file = f"audio/{split}/{clip_id}.wav"
+        write_wav(root / file, clip.audio, clip.sampling_rate)
+        rows.append([int(clip_id[2:], 16), clip_id, 0, clip.caption])
+        entries[clip_id] = _sidecar_entry(clip, file)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["audiocap_id", "youtube_id", "start_time", "caption"])
+    writer.writerows(rows)
+    csv_path = root / f"{split}.csv"
+    write_text(csv_path, buffer.getvalue())
+    _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=False)
+    return csv_path
+
+
+def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
+    """Muxes the clip's frames (H.264, or MPEG-4 Part 2 without libx264, yuv420p) and audio (AAC mono) into an MP4."""
+    path = Path(path)
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with atomic_path(path, suffix=".mp4") as tmp_path:
+        with av.open(tmp_path, "w", format="mp4") as container:
+            video = container.add_stream(codec, rate=Fraction(clip.fps).limit_denominator(1001))
+            video.width, video.height = clip.frames.shape[2], clip.frames.shape[1]
+            video.pix_fmt = "yuv420p"
+            video.codec_context.thread_count = 1  # deterministic output
+            if codec == "libx264":
+                video.options = {"crf": "12", "preset": "medium"}
+            audio = container.add_stream("aac", rate=clip.sampling_rate, layout="mono")
+            audio.bit_rate = 128000
+            for frame in clip.frames:
+                container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(video.encode())
+            for start in range(0, len(clip.audio), 1024):
+                samples = clip.audio[None, start : start + 1024]
+                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = clip.sampling_rate, start
+                frame.time_base = Fraction(1, clip.sampling_rate)
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode())
+
+
+def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
+    """Writes `root/video/{id}_000000.mp4` files, rows `youtube_id,start_seconds,label,split` (no header) into
+    `root/vggsound.csv` (kept rows of other ids, replaced rows of the same ids) and the `root/synthfoley_{split}.json`
+    sidecar; returns the CSV path. `split` should be 'train' or 'test' as in VGGSound."""
+    root = Path(root)
+    (root / "video").mkdir(parents=True, exist_ok=True)
+    rows, entries = [], {}
+    for index in range(num_clips):
+        clip = make_clip(_clip_rng(seed, split, index), duration=duration)
+        clip_id = _clip_id(seed, split, index)
+        file = f"video/{clip_id}_{0:06d}.mp4"
+        write_mp4(root / file, clip)
+        rows.append([clip_id, 0, clip.caption, split])
+        entries[clip_id] = _sidecar_entry(clip, file)
+    csv_path = root / "vggsound.csv"
+    new_ids = {row[0] for row in rows}
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = [row for row in csv.reader(f) if row and row[0] not in new_ids] + rows
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    write_text(csv_path, buffer.getvalue())
+    _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=True)
+    return csv_path
+
+
+def write_synthfoley(
+    root: str | os.PathLike, train: int = 200, test: int = 50, seed: int = 0, video_train: int | None = None
+) -> dict[str, Path]:
+    """Writes a train and a held-out test split in both layouts under `root/audiocaps` and `root/vggsound`. The split
+    name is part of every clip's random stream, so no clip occurs in both splits. Both layouts hold the same clips;
+    `video_train` writes only the first that many training clips as videos (default: all `train`)."""
+    root = Path(root)
+    video_train = train if video_train is None else video_train
+    if not 0 <= video_train <= train:
+        raise ValueError(f"video_train must be between 0 and train ({train}), got {video_train}.")
+    for split, count, video_count in (("train", train, video_train), ("test", test, test)):
+        write_audiocaps(root / "audiocaps", count, split, seed)
+        write_vggsound(root / "vggsound", video_count, split, seed)
+    return {"audiocaps": root / "audiocaps", "vggsound": root / "vggsound"}
