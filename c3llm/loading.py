@@ -32,7 +32,11 @@ def load_model(source: str | os.PathLike):
     except SafetensorError as e:
         raise CLIError(f"the weights of {source} are corrupt or truncated ({e}); download or save them again.") from e
     except (OSError, ValueError, KeyError) as e:
-        where = "folder" if path.exists() else "Hub repository" + (" (offline: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
+        if path.exists():
+            where = f"folder {source}"
+        else:
+            offline = " (HF_HUB_OFFLINE is set: unset it to download, or pass a local folder)" if constants.HF_HUB_OFFLINE else ""
+            where = f"Hub repository {source}{offline}"
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"could not load the model from the {where} {source}: {message}") from e
+        raise CLIError(f"could not load the model from the {where}: {message}") from e
     return model.eval(), processor
