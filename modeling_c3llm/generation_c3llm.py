@@ -1,10 +1,30 @@
-"""Generation helpers for C3LLM: vocabulary constraints and the audio output type."""
+"""Generation for C3LLM: one `generate` for audio and text outputs, classifier-free guidance with negative prompts,
+the NAR codebooks and the per-output-kind generation defaults."""
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import (
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    UnbatchedClassifierFreeGuidanceLogitsProcessor,
+)
+from transformers.generation.utils import GenerateOutput
 from transformers.utils import ModelOutput
+
+from .configuration_c3llm import C3LLMConfig
+
+
+# The model inputs of each modality, by the config property that names the placeholder token they fill in a prompt.
+MODALITY_INPUTS = {
+    "audio_feature_token_id": ("input_features", "is_longer"),
+    "video_frame_token_id": ("pixel_values_videos", "flow_values_videos", "video_features", "video_frames_mask"),
+    "image_patch_token_id": ("pixel_values",),
+}
 
 
 class AllowedTokensLogitsProcessor(LogitsProcessor):
@@ -28,10 +48,42 @@ class AllowedTokensLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(disallowed[: scores.shape[-1]], float("-inf"))
 
 
+class NegativePromptGuidanceLogitsProcessor(UnbatchedClassifierFreeGuidanceLogitsProcessor):
+    r"""
+    [`UnbatchedClassifierFreeGuidanceLogitsProcessor`] whose negative prompts may hold audio, video or image
+    placeholders: the passes over a whole negative prompt (the first one, or every one without a cache) get
+    `negative_inputs`, the modality inputs of those placeholders.
+
+    Args:
+        guidance_scale (`float`): Each step's log-probabilities become `neg + guidance_scale * (cond - neg)`.
+        model (`C3LLMGenerationMixin`): The model that computes `neg` from the negative prompts.
+        negative_prompt_ids (`torch.LongTensor` of shape `(batch_size, negative_length)`): Left-padded prompts.
+        negative_prompt_attention_mask (`torch.LongTensor` of shape `(batch_size, negative_length)`): Their mask.
+        negative_inputs (`dict[str, torch.Tensor]`): Their modality inputs (`video_features`, ...; see `forward`).
+    """
+
+    def __init__(
+        self,
+        guidance_scale: float,
+        model: "C3LLMGenerationMixin",
+        negative_prompt_ids: torch.LongTensor,
+        negative_prompt_attention_mask: torch.LongTensor,
+        negative_inputs: dict[str, torch.Tensor],
+    ):
+        super().__init__(guidance_scale, self._negative_forward, negative_prompt_ids, negative_prompt_attention_mask)
+        self.negative_model = model
+        self.negative_inputs = negative_inputs
+
+    def _negative_forward(self, input_ids: torch.LongTensor, past_key_values=None, **kwargs) -> ModelOutput:
+        inputs = self.negative_inputs if past_key_values is None else {}
+        return self.negative_model(input_ids, past_key_values=past_key_values, **inputs, **kwargs)
+
+
 @dataclass
 class C3LLMAudioGenerationOutput(ModelOutput):
     r"""
-    Output of [`C3LLMForConditionalGeneration.generate`] for the audio tasks.
+    Output of [`C3LLMForConditionalGeneration.generate`] for the audio tasks; `num_return_sequences` candidates per
+    prompt make `batch_size` the number of prompts times that, each prompt's candidates next to each other.
 
     audio (`torch.FloatTensor` of shape `(batch_size, channels, samples)`):
         Decoded waveforms, zero-padded after each clip's `audio_lengths`.
@@ -52,4 +104,293 @@ class C3LLMAudioGenerationOutput(ModelOutput):
     sequences: torch.LongTensor | None = None
 
 
-__all__ = ["AllowedTokensLogitsProcessor", "C3LLMAudioGenerationOutput"]
+def _caller_sets(kwargs: dict[str, Any], name: str) -> bool:
+    """Whether the caller of `generate` set a generation parameter: a keyword, or a field of their
+    `generation_config`."""
+    return name in kwargs or getattr(kwargs.get("generation_config"), name, None) is not None
+
+
+class C3LLMGenerationMixin(GenerationMixin):
+    r"""
+    C3LLM's `generate`: a prompt ending with `<Audio>` asks for audio (coarse codes from the LLM, finer codebooks from
+    the NAR head, a waveform from EnCodec), any other prompt for text.
+
+    `generation_config` holds the defaults of both output kinds; the caller's keywords (or `generation_config`) win:
+
+    - its ordinary fields are the audio defaults: `do_sample=True` with `top_k` (MusicGen's 250, at most the codebook
+      size), `max_new_tokens` = `config.max_audio_seconds` of frames (audio runs until `</Audio>` or that), and
+      `guidance_scale` (unset by default: classifier-free guidance only helps a model trained with condition dropout;
+      set it, e.g. to 3.0 as MusicGen, on such a model before saving it);
+    - `text_defaults`, a dict, replaces some of them for text outputs: `{"do_sample": False, "max_new_tokens": 32}`
+      (greedy unless the caller asks for sampling, which then uses the fields above). `guidance_scale` never applies
+      to text.
+
+    Folders saved without these (a `generation_config.json` with token ids only) keep their behaviour: greedy audio
+    of at most `config.max_audio_seconds`, and text like any causal LM.
+    """
+
+    @staticmethod
+    def default_generation_config(config: C3LLMConfig) -> GenerationConfig:
+        """The generation defaults of a new model (see the class docstring)."""
+        text = config.text_config
+        return GenerationConfig(
+            bos_token_id=text.bos_token_id,
+            eos_token_id=text.eos_token_id,
+            pad_token_id=text.pad_token_id,
+            do_sample=True,
+            top_k=min(250, config.codebook_size),
+            max_new_tokens=int(config.max_audio_seconds * config.frame_rate),
+            text_defaults={"do_sample": False, "max_new_tokens": 32},
+        )
+
+    def _vocabulary_mask(self, audio: bool) -> torch.BoolTensor:
+        """The ids an output kind may generate: acoustic codes and `</Audio>`, or the text vocabulary."""
+        config = self.config
+        ids = torch.arange(config.text_config.vocab_size)
+        if audio:
+            start = config.acoustic_token_offset
+            return ((ids >= start) & (ids < start + config.codebook_size)) | (ids == config.audio_end_token_id)
+        return ids < config.acoustic_token_offset
+
+    def _output_audio(self, input_ids: torch.LongTensor) -> bool:
+        """Whether the prompts `(batch, length)` ask for audio: they all end with `<Audio>`; none does for text."""
+        audio_rows = input_ids[:, -1] == self.config.audio_start_token_id
+        if audio_rows.any() and not audio_rows.all():
+            raise ValueError("A batch must be all audio-output tasks or all text-output tasks; split it in two.")
+        return bool(audio_rows.all())
+
+    @staticmethod
+    def _prompt_mask(ids: torch.LongTensor, attention_mask: torch.Tensor | None, name: str) -> torch.Tensor:
+        """Checks left-padded prompts `(batch, length>0)` and returns their attention mask (all ones if `None`)."""
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"{name} must have shape (batch, length>0), got {tuple(ids.shape)}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(ids)
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError(f"The {name} are right-padded; batch them with left padding (C3LLMProcessor does).")
+        return attention_mask
+
+    def _generation_setting(self, kwargs: dict[str, Any], name: str) -> Any:
+        """A generation parameter's value in this call: the caller's (`_caller_sets`), else `generation_config`'s."""
+        if name in kwargs:
+            return kwargs[name]
+        value = getattr(kwargs.get("generation_config"), name, None)
+        return value if value is not None else getattr(self.generation_config, name, None)
+
+    def _audio_length_kwargs(self, audio_length_in_s: float | None, kwargs: dict[str, Any]) -> dict[str, int]:
+        """`min_new_tokens`/`max_new_tokens` for an exact `audio_length_in_s`, or the longest audio of a folder whose
+        `generation_config` has no `max_new_tokens`."""
+        config = self.config
+        if audio_length_in_s is not None:
+            if not 0 < audio_length_in_s <= 10 * config.max_audio_seconds:
+                raise ValueError(
+                    f"audio_length_in_s must be in (0, {10 * config.max_audio_seconds}], got {audio_length_in_s}."
+                )
+            frames = max(1, math.ceil(audio_length_in_s * config.frame_rate - 1e-6))  # trimmed to the exact length
+            return {"min_new_tokens": frames, "max_new_tokens": frames}
+        if self.generation_config.max_new_tokens is None and not _caller_sets(kwargs, "max_new_tokens"):
+            return {"max_new_tokens": int(config.max_audio_seconds * config.frame_rate)}
+        return {}
+
+    def _guidance_processor(
+        self,
+        guidance_scale: float,
+        input_ids: torch.LongTensor,
+        negative_prompt_ids: torch.LongTensor | None,
+        negative_prompt_attention_mask: torch.Tensor | None,
+        features: dict[str, torch.Tensor],
+        expand: int,
+    ) -> NegativePromptGuidanceLogitsProcessor:
+        """Guidance against the negative prompts (default: the unconditional prompt `<bos><Audio>`), each repeated
+        `expand` times like its prompt, with the media of the placeholders they hold."""
+        if not math.isfinite(guidance_scale) or guidance_scale <= 0:
+            raise ValueError(f"guidance_scale must be a positive number, got {guidance_scale}.")
+        config = self.config
+        if negative_prompt_ids is None:
+            bos = config.text_config.bos_token_id
+            unconditional = [config.audio_start_token_id] if bos is None else [bos, config.audio_start_token_id]
+            negative_prompt_ids = input_ids.new_tensor(unconditional).expand(input_ids.shape[0], -1)
+        negative_prompt_attention_mask = self._prompt_mask(
+            negative_prompt_ids, negative_prompt_attention_mask, "negative_prompt_ids"
+        )
+        if negative_prompt_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Got {negative_prompt_ids.shape[0]} negative prompts for {input_ids.shape[0]} prompts; give one each."
+            )
+        negative_inputs = {}
+        for token, names in MODALITY_INPUTS.items():
+            token_id = getattr(config, token)
+            # One media per example that has the modality: keep those of the examples whose negative prompt holds it.
+            keep = (negative_prompt_ids == token_id).any(-1)[(input_ids == token_id).any(-1)]
+            if keep.any():
+                negative_inputs.update({name: features[name][keep] for name in names if name in features})
+        return NegativePromptGuidanceLogitsProcessor(
+            guidance_scale,
+            self,
+            negative_prompt_ids.repeat_interleave(expand, dim=0),
+            negative_prompt_attention_mask.repeat_interleave(expand, dim=0),
+            {name: value.repeat_interleave(expand, dim=0) for name, value in negative_inputs.items()},
+        )
+
+    def _get_logits_processor(
+        self,
+        generation_config: GenerationConfig,
+        *args,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ) -> LogitsProcessorList:
+        """GenerationMixin's processors, with the guidance that `generate` built (if any) in place of its own: first,
+        before the penalties, `min_new_tokens` and the sampling warpers."""
+        generation_config.guidance_scale = None  # (this call's copy) the guidance is the processor `generate` built
+        custom = list(logits_processor or [])
+        guidance = [p for p in custom if isinstance(p, NegativePromptGuidanceLogitsProcessor)]
+        others = LogitsProcessorList(p for p in custom if p not in guidance)
+        processors = super()._get_logits_processor(generation_config, *args, logits_processor=others, **kwargs)
+        return LogitsProcessorList([*guidance, *processors])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_length_in_s: float | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt_ids: torch.LongTensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        **kwargs,
+    ) -> C3LLMAudioGenerationOutput | GenerateOutput | torch.LongTensor:
+        r"""
+        Generates for every task. A prompt ending with `<Audio>` asks for audio: the LLM samples coarse codes
+        (restricted to the acoustic vocabulary and `</Audio>`), the NAR head fills codebooks 2..K and EnCodec decodes;
+        a [`C3LLMAudioGenerationOutput`] is returned. Any other prompt generates text ids like a causal LM. Defaults
+        come from `generation_config` per output kind (see [`C3LLMGenerationMixin`]); keywords override them.
+
+        audio_length_in_s (`float`, *optional*):
+            Exact length of the generated audio. Without it, audio runs until `</Audio>` or `max_new_tokens` frames.
+        guidance_scale (`float`, *optional*):
+            Classifier-free guidance for audio outputs, as in MusicGen: each step's log-probabilities become
+            `neg + guidance_scale * (cond - neg)`, `neg` after the negative prompt. 1: off.
+        negative_prompt_ids (`torch.LongTensor` of shape `(batch_size, negative_length)`, *optional*):
+            The negative prompts of guidance (`C3LLMProcessor(negative_prompt=...)`), left-padded; they may hold the
+            same media placeholders as the prompts. Default: the unconditional prompt `<bos><Audio>`
+            (`C3LLMProcessor.unconditional_prompt`), which a model trained with `condition_dropout` knows.
+        negative_prompt_attention_mask (`torch.LongTensor` of shape `(batch_size, negative_length)`, *optional*):
+            Attention mask of `negative_prompt_ids`.
+        kwargs:
+            The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
+            and generation parameters (`do_sample`, `top_k`, `max_new_tokens`, `num_return_sequences`, ...). With
+            `num_return_sequences=N` every output has `batch_size * N` rows, each prompt's candidates together.
+        """
+        features = {name: kwargs.pop(name) for names in MODALITY_INPUTS.values() for name in names if name in kwargs}
+        if input_ids is None:
+            raise ValueError("generate needs `input_ids`; build them with C3LLMProcessor.")
+        attention_mask = self._prompt_mask(input_ids, attention_mask, "input_ids")
+        output_audio = self._output_audio(input_ids)
+
+        config = self.config
+        if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
+            kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
+        if output_audio:
+            kwargs.update(self._audio_length_kwargs(audio_length_in_s, kwargs))
+            kwargs["eos_token_id"] = config.audio_end_token_id
+            kwargs["audio_logits_only"] = True
+            if guidance_scale is None:
+                guidance_scale = self._generation_setting(kwargs, "guidance_scale")
+        else:
+            if audio_length_in_s is not None:
+                raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
+            if guidance_scale is not None and guidance_scale != 1:
+                raise ValueError("guidance_scale only applies to audio-output tasks (prompts ending with <Audio>).")
+            for name, value in getattr(self.generation_config, "text_defaults", {}).items():
+                if not _caller_sets(kwargs, name):
+                    kwargs[name] = value
+        guided = guidance_scale is not None and guidance_scale != 1
+        if negative_prompt_ids is not None and not guided:
+            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
+
+        max_new_tokens = self._generation_setting(kwargs, "max_new_tokens") or 20
+        context = getattr(config.text_config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[1] + max_new_tokens > context:
+            raise ValueError(
+                f"The prompt ({input_ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds the model's context "
+                f"of {context} tokens; shorten the prompt or ask for less output."
+            )
+
+        inputs_embeds = self.get_multimodal_embeddings(input_ids, **features)
+        processors = LogitsProcessorList(logits_processor or [])
+        if guided:
+            expand = max(self._generation_setting(kwargs, name) or 1 for name in ("num_beams", "num_return_sequences"))
+            processors.append(
+                self._guidance_processor(
+                    guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features, expand
+                )
+            )
+        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
+        generated = super().generate(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            logits_processor=processors,
+            **kwargs,
+        )
+        if not output_audio:
+            return generated
+
+        sequences = generated if isinstance(generated, torch.Tensor) else generated.sequences
+        candidates = sequences.shape[0] // input_ids.shape[0]  # rows per prompt (num_return_sequences)
+        coarse, frames_mask = self._tokens_to_codes(sequences[:, input_ids.shape[1] :])
+        condition_embeds = inputs_embeds.repeat_interleave(candidates, dim=0)
+        condition_mask = attention_mask.bool().repeat_interleave(candidates, dim=0)
+        codes = self.generate_fine_codes(coarse, frames_mask, condition_embeds, condition_mask)
+        audio = self.decode_audio(codes, frames_mask)
+        lengths = frames_mask.long().sum(-1) * config.hop_length
+        if audio_length_in_s is not None:
+            target = round(audio_length_in_s * config.sampling_rate)
+            audio = audio[..., :target]
+            lengths = lengths.clamp(max=target)
+        codes = codes.masked_fill(~frames_mask[:, None, :], -1)
+        return C3LLMAudioGenerationOutput(
+            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
+        )
+
+    def _tokens_to_codes(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
+        """Generated ids -> codebook-1 codes `(batch, frames)` up to the first non-acoustic token, and the frame mask."""
+        codes = tokens - self.config.acoustic_token_offset
+        is_code = (codes >= 0) & (codes < self.config.codebook_size)
+        frames_mask = is_code.long().cumprod(dim=-1).bool()
+        frames = max(int(frames_mask.sum(-1).max()), 1)
+        return codes[:, :frames].masked_fill(~frames_mask[:, :frames], 0), frames_mask[:, :frames]
+
+    def generate_fine_codes(
+        self,
+        coarse_codes: torch.LongTensor,
+        frames_mask: torch.BoolTensor,
+        condition_embeds: torch.Tensor,
+        condition_mask: torch.BoolTensor,
+    ) -> torch.LongTensor:
+        r"""
+        Runs the NAR head level by level (greedy, as in VALL-E).
+
+        Args:
+            coarse_codes (`torch.LongTensor` of shape `(batch, frames)`): codebook-1 codes.
+            frames_mask (`torch.BoolTensor` of shape `(batch, frames)`): which frames are real.
+            condition_embeds (`torch.Tensor` of shape `(batch, cond_len, hidden)`): the prompts' input embeddings.
+            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions are real.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch, num_codebooks, frames)`.
+        """
+        codes = coarse_codes[:, None, :]
+        for _ in range(1, self.config.num_codebooks):
+            logits = self.nar_head(condition_embeds, condition_mask, codes, frames_mask)
+            codes = torch.cat([codes, logits.argmax(-1)[:, None, :]], dim=1)
+        return codes
+
+
+__all__ = [
+    "AllowedTokensLogitsProcessor",
+    "C3LLMAudioGenerationOutput",
+    "C3LLMGenerationMixin",
+    "NegativePromptGuidanceLogitsProcessor",
+]

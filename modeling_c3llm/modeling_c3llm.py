@@ -8,33 +8,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    ClapAudioModelWithProjection,
-    GenerationConfig,
-    GenerationMixin,
-    LogitsProcessorList,
-    PreTrainedModel,
-)
+from transformers import AutoModel, AutoModelForCausalLM, ClapAudioModelWithProjection, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
-from .generation_c3llm import AllowedTokensLogitsProcessor, C3LLMAudioGenerationOutput
-
-# Model inputs that carry audio, video or image content (besides the token ids).
-MODALITY_INPUTS = (
-    "input_features",
-    "is_longer",
-    "pixel_values",
-    "pixel_values_videos",
-    "flow_values_videos",
-    "video_features",
-    "video_frames_mask",
-)
+from .generation_c3llm import C3LLMGenerationMixin
 
 
 @dataclass
@@ -200,12 +181,13 @@ class C3LLMPreTrainedModel(PreTrainedModel):
             init.ones_(module.feature_scale)
 
 
-class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
+class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
     r"""
     C3LLM (arXiv 2405.16136): one decoder-only LLM whose vocabulary is extended with one token per code of EnCodec
     codebook 1 and modality markers. Video frames (RGB + optical flow), images and audio (CLAP) enter as projected
     embeddings; the LLM predicts coarse acoustic tokens or caption tokens, the NAR head predicts the finer codebooks and
-    EnCodec decodes the waveform. One `generate` serves every task; the prompt built by `C3LLMProcessor` decides which.
+    EnCodec decodes the waveform. One `generate` ([`C3LLMGenerationMixin`]) serves every task; the prompt built by
+    `C3LLMProcessor` decides which.
     """
 
     _frozen_modules = ("codec", "audio_encoder", "vision_encoder")
@@ -228,10 +210,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         self.nar_head = C3LLMNARHead(config) if config.num_codebooks > 1 else None
         self.freeze_encoders()
         self.post_init()
-        text = config.text_config
-        self.generation_config = GenerationConfig(
-            bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
-        )
+        self.generation_config = self.default_generation_config(config)
 
     def freeze_encoders(self) -> None:
         """Freezes the codec and the CLAP and vision encoders (the paper trains only projectors, NAR and LoRA)."""
@@ -545,15 +524,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
             loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, logits=logits, past_key_values=outputs.past_key_values
         )
 
-    # ---- generation --------------------------------------------------------------------------------------------
-    def _vocabulary_mask(self, audio: bool) -> torch.BoolTensor:
-        config = self.config
-        ids = torch.arange(config.text_config.vocab_size)
-        if audio:
-            start = config.acoustic_token_offset
-            return ((ids >= start) & (ids < start + config.codebook_size)) | (ids == config.audio_end_token_id)
-        return ids < config.acoustic_token_offset
-
+    # ---- audio logits ------------------------------------------------------------------------------------------
     def _audio_logits(self, hidden_states: torch.Tensor, weight: torch.Tensor, logits_to_keep) -> torch.Tensor:
         """Logits of the rows audio generation can sample (the codes, then `</Audio>` after the other markers that
         follow them in the vocabulary), computed over that span of rows; `-inf` elsewhere."""
@@ -568,127 +539,6 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, GenerationMixin):
         logits[..., start:stop] = span
         logits[..., start + config.codebook_size : stop - 1] = float("-inf")  # markers between the codes and </Audio>
         return logits
-
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        audio_length_in_s: float | None = None,
-        guidance_scale: float | None = None,
-        logits_processor: LogitsProcessorList | None = None,
-        **kwargs,
-    ):
-        r"""
-        Generates for every task. A prompt ending with `<Audio>` asks for audio: the LLM samples coarse codes
-        (restricted to the acoustic vocabulary and `</Audio>`), the NAR head fills codebooks 2..K and EnCodec decodes;
-        a [`C3LLMAudioGenerationOutput`] is returned. Any other prompt generates text ids like a causal LM.
-
-        audio_length_in_s (`float`, *optional*):
-            Exact length of the generated audio. Without it, audio runs until `</Audio>` or `config.max_audio_seconds`.
-        guidance_scale (`float`, *optional*):
-            Classifier-free guidance for audio outputs, as in MusicGen: each step's log-probabilities become
-            `uncond + guidance_scale * (cond - uncond)`, `uncond` from the unconditional prompt `<bos><Audio>`
-            (`C3LLMProcessor.unconditional_prompt`). Useful after training with `condition_dropout`; 1 or `None`: off.
-        kwargs:
-            The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
-            and generation parameters (`do_sample`, `temperature`, `top_k`, `max_new_tokens`, ...).
-        """
-        features = {name: kwargs.pop(name) for name in MODALITY_INPUTS if name in kwargs}
-        if input_ids is None:
-            raise ValueError("generate needs `input_ids`; build them with C3LLMProcessor.")
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape (batch, length>0), got {tuple(input_ids.shape)}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if not bool(attention_mask[:, -1].all()):
-            raise ValueError("The prompts are right-padded; batch them with left padding (C3LLMProcessor does).")
-
-        config = self.config
-        audio_rows = input_ids[:, -1] == config.audio_start_token_id
-        output_audio = bool(audio_rows.all())
-        if audio_rows.any() and not output_audio:
-            raise ValueError("A batch must be all audio-output tasks or all text-output tasks; split it in two.")
-
-        if output_audio:
-            if audio_length_in_s is not None:
-                if not 0 < audio_length_in_s <= 10 * config.max_audio_seconds:
-                    raise ValueError(f"audio_length_in_s must be in (0, {10 * config.max_audio_seconds}], got {audio_length_in_s}.")
-                frames = max(1, math.ceil(audio_length_in_s * config.frame_rate - 1e-6))  # trimmed to exact length below
-                kwargs["min_new_tokens"] = kwargs["max_new_tokens"] = frames
-            else:
-                kwargs.setdefault("max_new_tokens", int(config.max_audio_seconds * config.frame_rate))
-            kwargs["eos_token_id"] = config.audio_end_token_id
-            kwargs["audio_logits_only"] = True
-        elif audio_length_in_s is not None:
-            raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
-        if guidance_scale is not None and guidance_scale != 1:
-            if not output_audio:
-                raise ValueError("guidance_scale only applies to audio-output tasks (prompts ending with <Audio>).")
-            if not math.isfinite(guidance_scale) or guidance_scale <= 0:
-                raise ValueError(f"guidance_scale must be a positive number, got {guidance_scale}.")
-            bos = config.text_config.bos_token_id
-            unconditional = [config.audio_start_token_id] if bos is None else [bos, config.audio_start_token_id]
-            kwargs["guidance_scale"] = guidance_scale
-            kwargs["negative_prompt_ids"] = input_ids.new_tensor(unconditional).expand(input_ids.shape[0], -1)
-            kwargs["negative_prompt_attention_mask"] = torch.ones_like(kwargs["negative_prompt_ids"])
-
-        max_new_tokens = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 20
-        context = getattr(config.text_config, "max_position_embeddings", None)
-        if context is not None and input_ids.shape[1] + max_new_tokens > context:
-            raise ValueError(
-                f"The prompt ({input_ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds the model's context "
-                f"of {context} tokens; shorten the prompt or ask for less output."
-            )
-
-        inputs_embeds = self.get_multimodal_embeddings(input_ids, **features)
-        processors = LogitsProcessorList(logits_processor or [])
-        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
-        generated = super().generate(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            logits_processor=processors,
-            **kwargs,
-        )
-        if not output_audio:
-            return generated
-
-        sequences = generated if isinstance(generated, torch.Tensor) else generated.sequences
-        coarse, frames_mask = self._tokens_to_codes(sequences[:, input_ids.shape[1] :])
-        codes = self.generate_fine_codes(coarse, frames_mask, inputs_embeds, attention_mask.bool())
-        audio = self.decode_audio(codes, frames_mask)
-        lengths = frames_mask.long().sum(-1) * config.hop_length
-        if audio_length_in_s is not None:
-            target = round(audio_length_in_s * config.sampling_rate)
-            audio = audio[..., :target]
-            lengths = lengths.clamp(max=target)
-        codes = codes.masked_fill(~frames_mask[:, None, :], -1)
-        return C3LLMAudioGenerationOutput(
-            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
-        )
-
-    def _tokens_to_codes(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
-        """Generated ids -> codebook-1 codes `(batch, frames)` up to the first non-acoustic token, and the frame mask."""
-        codes = tokens - self.config.acoustic_token_offset
-        is_code = (codes >= 0) & (codes < self.config.codebook_size)
-        frames_mask = is_code.long().cumprod(dim=-1).bool()
-        frames = max(int(frames_mask.sum(-1).max()), 1)
-        return codes[:, :frames].masked_fill(~frames_mask[:, :frames], 0), frames_mask[:, :frames]
-
-    def generate_fine_codes(
-        self,
-        coarse_codes: torch.LongTensor,
-        frames_mask: torch.BoolTensor,
-        condition_embeds: torch.Tensor,
-        condition_mask: torch.BoolTensor,
-    ) -> torch.LongTensor:
-        """Runs the NAR head level by level (greedy, as in VALL-E): codes `(batch, num_codebooks, frames)`."""
-        codes = coarse_codes[:, None, :]
-        for _ in range(1, self.config.num_codebooks):
-            logits = self.nar_head(condition_embeds, condition_mask, codes, frames_mask)
-            codes = torch.cat([codes, logits.argmax(-1)[:, None, :]], dim=1)
-        return codes
 
 
 __all__ = ["C3LLMForConditionalGeneration", "C3LLMPreTrainedModel", "C3LLMOutputWithPast", "C3LLMNARHead"]

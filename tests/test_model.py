@@ -1,15 +1,20 @@
-"""The model: losses (Eq. 1 + Eq. 2), gradients, every task's generate, batching and the vocabulary layout."""
+"""The model: losses (Eq. 1 + Eq. 2), gradients, every task's generate, candidates per prompt, generation defaults,
+negative prompts, batching and the vocabulary layout."""
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModel, AutoProcessor, GenerationConfig, LogitsProcessor
 
 from conversion.build_c3llm import build_tiny
 from processing_c3llm import TASKS
 
 
-AUDIO_TASKS = [task for task, (_, output) in TASKS.items() if output == "audio"]
-TEXT_TASKS = [task for task, (_, output) in TASKS.items() if output == "text"]
+AUDIO_TASKS = [name for name, task in TASKS.items() if task.output == "audio"]
+TEXT_TASKS = [name for name, task in TASKS.items() if task.output == "text"]
 
 
 def sharp_tiny():
@@ -21,6 +26,22 @@ def sharp_tiny():
                 if weight.ndim == 2:
                     weight.normal_(0.0, 0.5)
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    return sharp_tiny()
+
+
+class ScoresRecorder(LogitsProcessor):
+    """Keeps each step's scores as the processors before it left them."""
+
+    def __init__(self):
+        self.scores = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.scores.append(scores.clone())
+        return scores
 
 
 def training_batch(processor, media, rng):
@@ -189,6 +210,177 @@ def test_classifier_free_guidance_equals_the_guided_log_probabilities_by_hand():
         model.generate(**processor(video_features=np.zeros((3, 64)), task="video-to-caption"), guidance_scale=3.0)
     with pytest.raises(ValueError, match="guidance_scale must be a positive number"):
         model.generate(**inputs, audio_length_in_s=0.1, guidance_scale=-2.0)
+
+
+def test_negative_prompts_are_built_like_the_prompt_of_the_task_with_their_text(tiny):
+    """Text tasks swap their text for the negative one; tasks without text take their text-bearing variant's prompt
+    (same media); `None` is the unconditional prompt."""
+    _, processor = tiny
+    video = [np.ones((3, 64)), np.ones((5, 64))]
+
+    def rows(ids, mask):
+        return [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
+
+    def negative_rows(batch):
+        return rows(batch["negative_prompt_ids"], batch["negative_prompt_attention_mask"])
+
+    texts = processor(text=["a dog barks", "rain"], negative_prompt="static noise")
+    assert negative_rows(texts) == processor(text=["static noise"] * 2)["input_ids"].tolist()
+    for task in ("video-to-audio", "video-text-to-audio"):
+        text = ["a drum", "a bell"] if task == "video-text-to-audio" else None
+        batch = processor(video_features=video, text=text, task=task, negative_prompt=["static noise", None])
+        variant = processor(video_features=video, text=["static noise"] * 2, task="video-text-to-audio")
+        assert negative_rows(batch) == [rows(variant["input_ids"], variant["attention_mask"])[0],
+                                        processor.unconditional_prompt()]
+    with pytest.raises(ValueError, match="negative_prompt applies to audio-output tasks only"):
+        processor(video_features=video[0], task="video-to-caption", negative_prompt="noise")
+    with pytest.raises(ValueError, match="negative_prompt is for generation"):
+        processor(text="a dog", negative_prompt="noise", drop_condition=True)
+    with pytest.raises(ValueError, match="Got 3 negative prompts for a batch of 2"):
+        processor(text=["a", "b"], negative_prompt=["x", "y", "z"])
+
+
+@pytest.mark.parametrize("task", ["text-to-audio", "video-to-audio"])
+def test_negative_prompts_guide_as_neg_plus_scale_times_cond_minus_neg_by_hand(sharp, task):
+    """Each step's guided log-probabilities are `neg + scale * (cond - neg)`, `neg` after the caller's negative prompt
+    (its media included; a `None` row: the unconditional prompt), for left-padded batches."""
+    model, processor = sharp
+    rng = np.random.default_rng(0)
+    example = (
+        {"text": ["a dog barks loudly at night", "rain"]}
+        if task == "text-to-audio"
+        else {"video_features": [rng.normal(size=(n, 64)) for n in (4, 7)]}
+    )
+    inputs = processor(**example, task=task, negative_prompt=["static noise and hiss", None])
+    media = {k: inputs[k] for k in ("video_features", "video_frames_mask") if k in inputs}
+    negative_media = {k: v[:1] for k, v in media.items()}  # the second negative prompt is unconditional
+    steps, scale = 4, 3.0
+    recorder = ScoresRecorder()
+    out = model.generate(**inputs, audio_length_in_s=steps / model.config.frame_rate, do_sample=False,
+                         guidance_scale=scale, logits_processor=[recorder])
+    assert len(recorder.scores) == steps
+    allowed = model._vocabulary_mask(audio=True)
+    allowed[model.config.audio_end_token_id] = False  # an exact length: </Audio> cannot come before the end
+    prompt = inputs["input_ids"].shape[1]
+    unconditional = torch.tensor([processor.unconditional_prompt()] * 2)
+    with torch.no_grad():
+        for t in range(steps):
+            new = out.sequences[:, prompt : prompt + t]
+            ones = torch.ones_like(new)
+            cond = model(input_ids=out.sequences[:, : prompt + t],
+                         attention_mask=torch.cat([inputs["attention_mask"], ones], 1), **media).logits[:, -1]
+            cond = cond.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+            neg = model(input_ids=torch.cat([inputs["negative_prompt_ids"], new], 1),
+                        attention_mask=torch.cat([inputs["negative_prompt_attention_mask"], ones], 1),
+                        **negative_media).logits[:, -1].log_softmax(-1)
+            guided = neg + scale * (cond - neg)
+            torch.testing.assert_close(recorder.scores[t][:, allowed], guided[:, allowed], atol=1e-3, rtol=1e-5)
+            uncond = model(input_ids=torch.cat([unconditional, new], 1)).logits[:, -1].log_softmax(-1)
+            default = uncond + scale * (cond - uncond)
+            assert (guided[0, allowed] - default[0, allowed]).abs().max() > 0.1, "the negative prompt must matter"
+            torch.testing.assert_close(guided[1, allowed], default[1, allowed], atol=1e-3, rtol=1e-5)
+
+
+def test_negative_prompt_ids_need_guidance_of_audio_outputs(tiny):
+    model, processor = tiny
+    inputs = processor(text="a dog", negative_prompt="noise")
+    with pytest.raises(ValueError, match="negative_prompt_ids act through guidance"):
+        model.generate(**inputs, audio_length_in_s=0.1, guidance_scale=1.0)
+    caption = processor(video_features=np.zeros((3, 64)), task="video-to-caption")
+    with pytest.raises(ValueError, match="negative_prompt_ids act through guidance"):
+        model.generate(**caption, negative_prompt_ids=inputs["negative_prompt_ids"])
+
+
+@pytest.mark.parametrize("guidance_scale", [None, 3.0])
+def test_num_return_sequences_gives_candidates_per_prompt_for_audio(sharp, guidance_scale):
+    """N candidates per prompt, each prompt's together: sampled ones differ; top-1 sampling gives N copies of the
+    prompt's greedy output (the NAR condition and the guidance inputs follow their prompt)."""
+    model, processor = sharp
+    inputs = processor(text=["a dog barks loudly at night", "rain"])
+    frames, n = 5, 2
+    kwargs = {"audio_length_in_s": frames / model.config.frame_rate, "guidance_scale": guidance_scale}
+    torch.manual_seed(0)
+    sampled = model.generate(**inputs, num_return_sequences=n, **kwargs)
+    samples = round(kwargs["audio_length_in_s"] * model.config.sampling_rate)
+    assert sampled.audio.shape == (2 * n, 1, samples) and sampled.audio_lengths.tolist() == [samples] * 2 * n
+    assert sampled.audio_codes.shape == (2 * n, 2, frames)
+    prompt = inputs["input_ids"].shape[1]
+    assert sampled.sequences.shape == (2 * n, prompt + frames)
+    assert torch.equal(sampled.sequences[:, :prompt], inputs["input_ids"].repeat_interleave(n, dim=0))
+    assert len({tuple(row) for row in sampled.audio_codes[:, 0].tolist()}) == 2 * n
+
+    copies = model.generate(**inputs, num_return_sequences=n, do_sample=True, top_k=1, **kwargs)
+    alone = model.generate(**inputs, do_sample=False, **kwargs)
+    assert not torch.equal(alone.audio_codes[0], alone.audio_codes[1]), "misaligned copies must be able to fail"
+    assert torch.equal(copies.audio_codes, alone.audio_codes.repeat_interleave(n, dim=0))
+    torch.testing.assert_close(copies.audio, alone.audio.repeat_interleave(n, dim=0), atol=1e-5, rtol=1e-4)
+
+
+def test_num_return_sequences_gives_candidates_per_prompt_for_text(sharp):
+    model, processor = sharp
+    rng = np.random.default_rng(0)
+    inputs = processor(video_features=[rng.normal(size=(n, 64)) for n in (4, 9)], task="video-to-caption")
+    length, n = {"max_new_tokens": 6, "min_new_tokens": 6}, 3
+    prompt = inputs["input_ids"].shape[1]
+    torch.manual_seed(0)
+    sampled = model.generate(**inputs, do_sample=True, num_return_sequences=n, **length)
+    assert sampled.shape == (2 * n, prompt + 6)
+    assert torch.equal(sampled[:, :prompt], inputs["input_ids"].repeat_interleave(n, dim=0))
+    assert len({tuple(row) for row in sampled[:, prompt:].tolist()}) == 2 * n
+    copies = model.generate(**inputs, do_sample=True, top_k=1, num_return_sequences=n, **length)
+    alone = model.generate(**inputs, **length)  # greedy: the text default
+    assert not torch.equal(alone[0, prompt:], alone[1, prompt:]), "misaligned copies must be able to fail"
+    assert torch.equal(copies, alone.repeat_interleave(n, dim=0))
+
+
+def test_generation_config_defaults_round_trip_and_yield_to_keywords(tiny_folder, tmp_path):
+    """Audio: top-k sampling, at most `max_audio_seconds`, guidance once set; text: greedy, 32 tokens. They save and
+    load with the model; keywords win; a folder saved with token ids only keeps greedy audio."""
+    saved = json.loads((tiny_folder / "generation_config.json").read_text())
+    assert {k: v for k, v in saved.items() if k != "transformers_version"} == {
+        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "do_sample": True, "top_k": 250,
+        "max_new_tokens": 150, "text_defaults": {"do_sample": False, "max_new_tokens": 32},
+    }  # fmt: skip
+    model = AutoModel.from_pretrained(tiny_folder).eval()
+    model.generation_config.guidance_scale = 3.0
+    model.save_pretrained(tmp_path / "guided")
+    reloaded = AutoModel.from_pretrained(tmp_path / "guided").eval()
+    assert reloaded.generation_config.to_diff_dict() == model.generation_config.to_diff_dict()
+    assert reloaded.generation_config.guidance_scale == 3.0
+
+    (tmp_path / "old").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_folder / name, tmp_path / "old" / name)
+    GenerationConfig(bos_token_id=2, eos_token_id=1, pad_token_id=0).save_pretrained(tmp_path / "old")
+    old = AutoModel.from_pretrained(tmp_path / "old").eval()
+
+    processor = AutoProcessor.from_pretrained(tiny_folder)
+    inputs = processor(text="a dog barks")
+    runs = {}
+    for name, m, kwargs in (
+        ("default", reloaded, {}),
+        ("explicit", reloaded, {"do_sample": True, "top_k": 250, "guidance_scale": 3.0}),
+        ("unguided", reloaded, {"guidance_scale": 1.0}),
+        ("greedy", reloaded, {"do_sample": False, "guidance_scale": 1.0}),
+        ("old", old, {}),
+    ):
+        torch.manual_seed(0)
+        runs[name] = m.generate(**inputs, audio_length_in_s=0.05, **kwargs).audio_codes
+    assert torch.equal(runs["default"], runs["explicit"])
+    assert not torch.equal(runs["default"], runs["unguided"]) and not torch.equal(runs["unguided"], runs["greedy"])
+    assert torch.equal(runs["old"], runs["greedy"])
+
+    caption = processor(video_features=np.random.default_rng(0).normal(size=(3, 64)), task="video-to-caption")
+    prompt = caption["input_ids"].shape[1]
+    reloaded.generation_config.text_defaults["max_new_tokens"] = 4
+    assert torch.equal(reloaded.generate(**caption), reloaded.generate(**caption, do_sample=False, max_new_tokens=4))
+    assert reloaded.generate(**caption, max_new_tokens=3, min_new_tokens=3).shape[1] == prompt + 3
+    assert reloaded.generate(**caption, max_length=prompt + 2, min_new_tokens=2).shape[1] == prompt + 2
+
+    model.generation_config.max_new_tokens = 4  # the longest audio by default (it ends at </Audio> or there)
+    assert model.generate(**inputs).sequences.shape[1] <= inputs["input_ids"].shape[1] + 4
+    old.config.max_audio_seconds = 3 / old.config.frame_rate  # folders without max_new_tokens: max_audio_seconds
+    assert old.generate(**inputs).sequences.shape[1] <= inputs["input_ids"].shape[1] + 3
 
 
 def test_audio_generation_computes_only_the_audio_logits(tiny):
