@@ -1,21 +1,26 @@
-"""Media helpers for C3LLM: loading and validating audio, video and images, optical flow and WAV writing."""
+"""Media helpers for C3LLM: loading and validating audio, video and images, optical flow and WAV writing.
+
+This file is remote code (copied into every saved model folder), so importing it needs only numpy and transformers.
+The media libraries (PyAV, OpenCV, Pillow, soundfile, SciPy) are imported by `optional_import` when a video, image or
+file needs them: `importlib` keeps them out of the import list that transformers checks before loading remote code,
+and `DeferredImageProcessor` keeps transformers' image processor (Pillow or torchvision) waiting for an image or video.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from math import gcd
 from typing import Any
 
-import av
-import cv2
 import numpy as np
-import soundfile as sf
-from PIL import Image, UnidentifiedImageError
-from scipy.signal import resample_poly
+from transformers.image_processing_base import ImageProcessingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +29,85 @@ _MAX_AUDIO_CHANNELS = 8
 
 class MediaError(ValueError):
     """Raised when an audio, video or image input cannot be read or is invalid."""
+
+
+class MissingMediaPackageError(ImportError):
+    """Raised when an input needs an optional media package (PyAV, OpenCV, Pillow, soundfile, SciPy) that is not
+    installed; the message names the pip package and what needed it."""
+
+
+def optional_import(module: str, pip_name: str, purpose: str) -> Any:
+    """Imports `module` (e.g. "cv2") on first use; if it is missing, raises `MissingMediaPackageError` naming the pip
+    package (`pip_name`, e.g. "opencv-python-headless") and `purpose` (what needed it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split(".")[0]
+        if isinstance(e, ModuleNotFoundError) and e.name is not None and e.name.split(".")[0] == top:
+            problem = f"which is not installed; install it with `pip install {pip_name}`"
+        else:  # installed but broken, e.g. a system library is missing
+            problem = f"which is installed but failed to import ({e}); reinstall it with `pip install {pip_name}`"
+        message = f"{purpose} needs the pip package `{pip_name}` (module `{top}`), {problem}."
+        raise MissingMediaPackageError(message) from e
+
+
+class DeferredImageProcessor(ImageProcessingMixin):
+    """Stands in for a saved image processor until an image or video needs it.
+
+    transformers' image processors need Pillow (or torchvision) to be built at all, which text and audio inputs do
+    not. Until first use this object holds the saved config: `to_dict` (and so saving the processor) returns it
+    unchanged. Calling it, or reading or setting any setting (`crop_size`, ...), loads the real processor with
+    `AutoImageProcessor.from_pretrained(source, **load_kwargs)`, the call that loading the processor would have made,
+    and delegates to it from then on.
+    """
+
+    def __init__(self, config: dict[str, Any], source: str | os.PathLike, load_kwargs: dict[str, Any] | None = None):
+        # ImageProcessingMixin.__init__ is not called: the settings live in the config until the real processor loads.
+        self._config = copy.deepcopy(config)
+        self._source = (source, dict(load_kwargs or {}))
+        self._processor = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._processor is not None
+
+    def load(self) -> ImageProcessingMixin:
+        """The real image processor, loaded on the first call."""
+        if self._processor is None:
+            optional_import("PIL.Image", "pillow", "Preparing images and video frames for the vision encoder")
+            from transformers import AutoImageProcessor
+
+            source, load_kwargs = self._source
+            self._processor = AutoImageProcessor.from_pretrained(source, **load_kwargs)
+            if "auto_map" in self._config:  # set when the processor was saved since loading (see `custom_object_save`)
+                self._processor.auto_map = copy.deepcopy(self._config["auto_map"])
+        return self._processor
+
+    def __call__(self, *args, **kwargs):
+        return self.load()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for names this object lacks
+        if name.startswith("_"):  # private and special names (copy, pickle) never load the processor
+            raise AttributeError(name)
+        if name == "auto_map" and self._processor is None:
+            return self._config.get("auto_map")
+        return getattr(self.load(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        elif name == "auto_map" and self._processor is None:
+            self._config["auto_map"] = value
+        else:
+            setattr(self.load(), name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._processor.to_dict() if self._processor is not None else copy.deepcopy(self._config)
+
+    def __repr__(self) -> str:
+        if self._processor is not None:
+            return repr(self._processor)
+        return f"{type(self).__name__} (loads on first use) {self.to_json_string()}"
 
 
 def _to_numpy(data: Any, name: str) -> np.ndarray:
@@ -70,6 +154,7 @@ def _pcm_to_float(array: np.ndarray) -> np.ndarray:
 def load_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     """Reads an audio file into a float32 mono array at `sampling_rate` (downmixing and resampling as needed)."""
     path = _check_exists(path, "Audio")
+    sf = optional_import("soundfile", "soundfile", f"Reading the audio file '{path}'")
     try:
         data, file_rate = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:
@@ -93,8 +178,9 @@ def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """Polyphase resampling of the last axis from `from_rate` to `to_rate` (a no-op when they are equal)."""
     if int(from_rate) == int(to_rate):
         return waveform
+    signal = optional_import("scipy.signal", "scipy", f"Resampling audio from {from_rate} Hz to {to_rate} Hz")
     factor = gcd(int(from_rate), int(to_rate))
-    return resample_poly(waveform, int(to_rate) // factor, int(from_rate) // factor, axis=-1)
+    return signal.resample_poly(waveform, int(to_rate) // factor, int(from_rate) // factor, axis=-1)
 
 
 def validate_waveform(
@@ -134,6 +220,7 @@ def validate_waveform(
 def load_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Decodes a video file with PyAV into (uint8 RGB frames (N, H, W, 3), fps)."""
     path = _check_exists(path, "Video")
+    av = optional_import("av", "av", f"Decoding the video file '{path}'")
     try:
         container = av.open(path)
     except Exception as e:
@@ -213,6 +300,7 @@ def optical_flow(frames: np.ndarray) -> np.ndarray:
         raise MediaError("optical_flow: the video has no frames.")
     winsize = min(15, height, width)
     winsize = max(3, winsize if winsize % 2 == 1 else winsize - 1)
+    cv2 = optional_import("cv2", "opencv-python-headless", "Optical flow of video frames")
     gray = [cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2GRAY) for frame in frames]
     flows = np.zeros((num_frames, height, width, 2), dtype=np.float32)
     for i in range(num_frames - 1):
@@ -239,15 +327,17 @@ def flow_to_image(flow: np.ndarray, clip: float = 20.0) -> np.ndarray:
 
 
 def load_image(path_or_image: Any) -> np.ndarray:
-    """Loads a path, PIL image or array as uint8 RGB (H, W, 3)."""
+    """Loads a path, PIL image or array as uint8 RGB (H, W, 3); only paths and PIL images need Pillow."""
     if isinstance(path_or_image, (str, os.PathLike)):
         path = _check_exists(path_or_image, "Image")
+        image_module = optional_import("PIL.Image", "pillow", f"Reading the image file '{path}'")
         try:
-            with Image.open(path) as image:
+            with image_module.open(path) as image:
                 return np.asarray(image.convert("RGB")).copy()
-        except (UnidentifiedImageError, OSError) as e:
+        except (image_module.UnidentifiedImageError, OSError) as e:
             raise MediaError(f"Image file '{path}' could not be read ({e}). It may be corrupt; re-save as PNG.") from e
-    if isinstance(path_or_image, Image.Image):
+    image_module = sys.modules.get("PIL.Image")  # a PIL image can only exist once Pillow is imported
+    if image_module is not None and isinstance(path_or_image, image_module.Image):
         return np.asarray(path_or_image.convert("RGB")).copy()
     array = _to_numpy(path_or_image, "image")
     if array.size == 0:
@@ -302,5 +392,6 @@ def write_wav(path: str | os.PathLike, waveform: np.ndarray, sampling_rate: int)
     data = np.clip(data, -1.0, 1.0)
     if data.ndim == 2:
         data = data.T  # soundfile wants (samples, channels)
+    sf = optional_import("soundfile", "soundfile", f"Writing the WAV file '{path}'")
     with atomic_path(path, suffix=".wav") as tmp_path:
         sf.write(tmp_path, data, int(sampling_rate), subtype="PCM_16", format="WAV")

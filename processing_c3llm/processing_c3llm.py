@@ -6,19 +6,20 @@ import logging
 import os
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .media_c3llm import (
+    DeferredImageProcessor,
     MediaError,
     flow_to_image,
     load_audio,
     load_image,
     load_video,
     optical_flow,
+    optional_import,
     sample_frames,
     validate_video,
     validate_waveform,
@@ -395,6 +396,7 @@ class C3LLMProcessor(ProcessorMixin):
         if scale >= 1:
             return clip
         shape = (max(1, round(width * scale)), max(1, round(height * scale)))
+        cv2 = optional_import("cv2", "opencv-python-headless", "Resizing video frames for optical flow")
         return np.stack([cv2.resize(frame, shape, interpolation=cv2.INTER_AREA) for frame in clip])
 
     @staticmethod
@@ -439,6 +441,34 @@ class C3LLMProcessor(ProcessorMixin):
             "video_features",
             "video_frames_mask",
         ]
+
+    # ---- loading: the image processor waits for the first image or video -------------------------------------------
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Loads the sub-processors as transformers does, except the image processor: a saved one becomes a
+        `DeferredImageProcessor` that loads it when an image or video comes, because transformers' image processors
+        need Pillow or torchvision, which text and audio inputs do not."""
+        config = (processor_dict or {}).get("image_processor")
+        if not isinstance(config, dict):  # not saved in processor_config.json: transformers finds and loads it now
+            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+        names = cls.get_attributes()
+        others = [name for name in names if name != "image_processor"]
+        # transformers' loader reads the sub-processors to load from `get_attributes`; a subclass that leaves out the
+        # image processor lets it load all the others exactly as usual.
+        without_image = type(cls.__name__, (cls,), {"get_attributes": classmethod(lambda _: others)})
+        args = super(C3LLMProcessor, without_image)._get_arguments_from_pretrained(
+            pretrained_model_name_or_path, processor_dict, **kwargs
+        )
+        deferred = DeferredImageProcessor(config, pretrained_model_name_or_path, kwargs)
+        args.insert(names.index("image_processor"), deferred)
+        return args
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        # Without Pillow, transformers' top-level `ImageProcessingMixin` (what it checks against) is a placeholder.
+        if argument_name == "image_processor" and isinstance(argument, DeferredImageProcessor):
+            return DeferredImageProcessor
+        return super().check_argument_for_proper_class(argument_name, argument)
+
 
 
 __all__ = ["C3LLMProcessor", "TASKS", "MediaError"]
