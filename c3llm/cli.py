@@ -23,14 +23,29 @@ from typing import Any
 import numpy as np
 
 from c3llm.loading import CLIError, load_model
-from processing_c3llm.media_c3llm import MediaError, atomic_path, write_text, write_wav
-from processing_c3llm.processing_c3llm import TASKS
+from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
+from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, check_task_inputs
 
 PROG = "c3llm"
-# CLI flag of each input a task can need (the keys of TASKS[task][0]).
-INPUT_FLAGS = {"text": "--text", "audio": "--audio", "video": "--video", "image": "--image"}
+# The input kinds of the tasks, in order of first use, and the processor arguments that carry them. Each argument is a
+# flag of `generate`: `--` and its kind (`--video-features` for the alternative to `--video`).
+INPUT_KINDS = list(dict.fromkeys(kind for task in TASKS.values() for kind in task.inputs))
+FLAGS = {
+    argument: "--" + (kind if argument == INPUT_ARGUMENTS[kind][0] else argument).replace("_", "-")
+    for kind in INPUT_KINDS
+    for argument in INPUT_ARGUMENTS[kind]
+}
+# How the flags read in --help: metavar and help text per argument (the tasks that take it are appended); an argument
+# missing here still gets its flag.
+FLAG_HELP = {
+    "text": ("T", "text prompt"),
+    "audio": ("WAV", "source audio file; any rate and channel count, resampled and downmixed"),
+    "videos": ("MP4", "video file"),
+    "video_features": ("NPY", "instead of --video: .npy array of precomputed per-frame features (frames, feature_size)"),
+    "images": ("IMG", "image file, e.g. PNG or JPEG"),
+}
 TOUR_MARKER = ".c3llm-tour"
-TOUR_TEXTS = {
+TOUR_TEXTS = {  # the tour's prompt per task; other tasks with a text input get the first
     "text-to-audio": "a dog barks in the rain",
     "video-text-to-audio": "footsteps on gravel",
     "image-text-to-audio": "birds singing at dawn",
@@ -85,15 +100,9 @@ def _check_empty_dir(path: Path, flag: str) -> None:
 
 
 # ---- model loading and the one task runner shared by `generate` and `tour` ------------------------------------------
-@dataclass
-class TaskInputs:
-    """Input files of one task; `None` where the task doesn't take that input."""
-
-    text: str | None = None
-    audio: Path | None = None
-    video: Path | None = None
-    image: Path | None = None
-    video_features: Path | None = None
+# The inputs of one task: processor argument (a key of `FLAGS`) -> the prompt text or an input file; `None` or absent
+# where the task doesn't take that input.
+TaskInputs = dict[str, Any]
 
 
 @dataclass
@@ -110,40 +119,29 @@ class TaskResult:
         return repr(self.text)
 
 
+def _given(inputs: TaskInputs) -> list[str]:
+    return [argument for argument, value in inputs.items() if value is not None]
+
+
+def input_error(error: ValueError, inputs: TaskInputs) -> CLIError:
+    """The processor's error about `inputs` as the CLI's error line: its argument names become flags, and a file
+    error (`MediaError`, which names the file) starts with the flag that gave the file."""
+    message = str(error)
+    for argument, flag in FLAGS.items():
+        message = message.replace(f"`{argument}`", flag)
+    files = [FLAGS[argument] for argument, value in inputs.items()
+             if argument not in INPUT_ARGUMENTS["text"] and isinstance(value, (str, os.PathLike))
+             and os.fspath(value) in message]  # fmt: skip
+    return CLIError(f"{files[0]}: {message}" if files else message)
+
+
 def validate_inputs(task: str, inputs: TaskInputs) -> None:
-    """Checks that `inputs` has exactly what `task` needs and that the files exist; raises CLIError naming the flag."""
-    if task not in TASKS:
-        raise CLIError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-    needs = TASKS[task][0]
-    given = {
-        "text": inputs.text is not None,
-        "audio": inputs.audio is not None,
-        "video": inputs.video is not None or inputs.video_features is not None,
-        "image": inputs.image is not None,
-    }
-    if inputs.video is not None and inputs.video_features is not None:
-        raise CLIError("give either --video or --video-features, not both.")
-    for name in needs:
-        if not given[name]:
-            flag = "--video (or --video-features)" if name == "video" else INPUT_FLAGS[name]
-            raise CLIError(f"task {task!r} needs {flag}.")
-    for name, is_given in given.items():
-        if is_given and name not in needs:
-            flag = INPUT_FLAGS[name]
-            if name == "video" and inputs.video is None:
-                flag = "--video-features"
-            hint = " (use a '-text-' variant of the task to add a text prompt)" if name == "text" else ""
-            raise CLIError(f"task {task!r} does not take {flag}{hint}; it needs {', '.join(INPUT_FLAGS[n] for n in needs)}.")
-    if inputs.text is not None and not inputs.text.strip():
-        raise CLIError("--text is empty; give a non-empty prompt.")
-    for flag, path in (
-        ("--audio", inputs.audio),
-        ("--video", inputs.video),
-        ("--image", inputs.image),
-        ("--video-features", inputs.video_features),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise CLIError(f"{flag} file '{path}' does not exist or is not a file.")
+    """The processor's check that `inputs` are exactly what `task` takes (`check_task_inputs`), runnable before the
+    model loads; raises CLIError naming the flags. The processor checks the files themselves when it reads them."""
+    try:
+        check_task_inputs(task, _given(inputs))
+    except ValueError as e:
+        raise input_error(e, inputs) from e
 
 
 def _load_video_features(path: Path) -> np.ndarray:
@@ -174,7 +172,7 @@ def run_task(
     import torch
 
     validate_inputs(task, inputs)
-    output_kind = TASKS[task][1]
+    output_kind = TASKS[task].output
     out = Path(out)
     if out.is_dir():
         raise CLIError(f"--out {out} is a folder; give a file path.")
@@ -191,16 +189,14 @@ def run_task(
     if greedy and (temperature is not None or top_k is not None):
         raise CLIError("--greedy picks the most likely token; it cannot be combined with --temperature or --top-k.")
 
+    arguments = {a: os.fspath(v) if isinstance(v, os.PathLike) else v for a, v in inputs.items() if v is not None}
+    if "video_features" in arguments:
+        arguments["video_features"] = _load_video_features(inputs["video_features"])
     try:
-        video_features = _load_video_features(inputs.video_features) if inputs.video_features else None
-        batch = processor(
-            text=inputs.text,
-            audio=os.fspath(inputs.audio) if inputs.audio else None,
-            videos=os.fspath(inputs.video) if inputs.video else None,
-            images=os.fspath(inputs.image) if inputs.image else None,
-            video_features=video_features,
-            task=task,
-        )
+        batch = processor(**arguments, task=task)
+    except ValueError as e:  # MediaError too
+        raise input_error(e, inputs) from e
+    try:
         kwargs: dict[str, Any] = {"do_sample": not greedy}
         if temperature is not None:
             kwargs["temperature"] = temperature
@@ -212,7 +208,7 @@ def run_task(
             kwargs["max_new_tokens"] = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         torch.manual_seed(seed)
         generated = model.generate(**batch, **kwargs)
-    except (MediaError, ValueError) as e:
+    except ValueError as e:
         raise CLIError(str(e)) from e
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -254,13 +250,7 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # ---- generate -------------------------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    inputs = TaskInputs(
-        text=args.text,
-        audio=args.audio,
-        video=args.video,
-        image=args.image,
-        video_features=args.video_features,
-    )
+    inputs = {argument: getattr(args, argument) for argument in FLAGS}
     validate_inputs(args.task, inputs)  # before the (slow) model load
     model, processor = load_model(args.model)
     result = run_task(
@@ -340,12 +330,12 @@ def tour_inputs(inputs_dir: Path) -> dict[str, TaskInputs]:
     _write_tour_audio(audio)
     _write_tour_video(video)
     _write_tour_image(image)
-    files = {"audio": audio, "video": video, "image": image}
-    tasks = {}
-    for task, (needs, _) in TASKS.items():
-        tasks[task] = TaskInputs(text=TOUR_TEXTS.get(task) if "text" in needs else None,
-                                 **{name: files[name] for name in needs if name != "text"})
-    return tasks
+    values = {"audio": audio, "video": video, "image": image}
+    return {
+        task: {INPUT_ARGUMENTS[kind][0]: TOUR_TEXTS.get(task, next(iter(TOUR_TEXTS.values()))) if kind == "text"
+               else values[kind] for kind in row.inputs}
+        for task, row in TASKS.items()
+    }  # fmt: skip
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -374,8 +364,8 @@ def cmd_tour(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     bar = tqdm(tasks.items(), desc="tasks", unit="task", total=len(tasks), file=sys.stderr)
     for task, inputs in bar:
         bar.set_postfix_str(task)
-        suffix = ".wav" if TASKS[task][1] == "audio" else ".txt"
-        seconds = args.seconds if TASKS[task][1] == "audio" else None
+        suffix = ".wav" if TASKS[task].output == "audio" else ".txt"
+        seconds = args.seconds if TASKS[task].output == "audio" else None
         results.append(run_task(model, processor, task, inputs, outputs_dir / f"{task}{suffix}",
                                 seconds=seconds, seed=args.seed))
     bar.close()
@@ -417,10 +407,14 @@ The folder holds config.json, model.safetensors, the processor files and the mod
 AutoModel/AutoProcessor (after `import modeling_c3llm, processing_c3llm`) or with trust_remote_code=True.
 """
 
-GENERATE_EPILOG = """tasks and the inputs they need:
-""" + "\n".join(
-    f"  {task:<20} {' + '.join(INPUT_FLAGS[n] for n in needs):<16} -> {kind}" for task, (needs, kind) in TASKS.items()
-) + """
+def generate_epilog() -> str:
+    """`c3llm generate --help`'s epilog: every task of `TASKS` with its flags, then examples."""
+    tasks = [f"  {task:<20} {' + '.join(FLAGS[INPUT_ARGUMENTS[kind][0]] for kind in row.inputs):<16} -> {row.output}"
+             for task, row in TASKS.items()]  # fmt: skip
+    return "tasks and the inputs they need:\n" + "\n".join(tasks) + GENERATE_EXAMPLES
+
+
+GENERATE_EXAMPLES = """
   (--video-features NPY can replace --video: per-frame features of shape (frames, feature_size))
 
 examples:
@@ -489,21 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one task from input files",
         description="Run one C3LLM task from input files and write a WAV (audio tasks) or a UTF-8 text file\n"
         "(text tasks), then print a one-line summary.",
-        epilog=GENERATE_EPILOG,
+        epilog=generate_epilog(),
         formatter_class=_HelpFormatter,
     )
     generate.add_argument("--model", required=True, metavar="DIR", help="model folder (from `c3llm build`)")
     generate.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
                           help=f"the task: one of {', '.join(TASKS)}")
     inputs = generate.add_argument_group("inputs (give exactly those the task needs)")
-    inputs.add_argument("--text", metavar="T", help="text prompt (text-to-audio, video-text-to-audio, image-text-to-audio)")
-    inputs.add_argument("--audio", type=Path, metavar="WAV",
-                        help="source audio file (audio-to-text); any rate and channel count, resampled and downmixed")
-    inputs.add_argument("--video", type=Path, metavar="MP4",
-                        help="video file (video-to-audio, video-to-caption, video-text-to-audio)")
-    inputs.add_argument("--image", type=Path, metavar="IMG", help="image file, e.g. PNG or JPEG (image-to-audio, image-text-to-audio)")
-    inputs.add_argument("--video-features", type=Path, metavar="NPY",
-                        help="instead of --video: .npy array of precomputed per-frame features (frames, feature_size)")
+    for kind in INPUT_KINDS:
+        tasks = ", ".join(task for task, row in TASKS.items() if kind in row.inputs)
+        for argument in INPUT_ARGUMENTS[kind]:
+            metavar, text = FLAG_HELP.get(argument, (kind.upper(), f"{kind} input"))
+            inputs.add_argument(FLAGS[argument], dest=argument, type=str if kind == "text" else Path, metavar=metavar,
+                                help=f"{text} ({tasks})")
     sampling = generate.add_argument_group("generation")
     sampling.add_argument("--seconds", type=_positive_float, metavar="S",
                           help="length of the audio (audio tasks); default: until the model ends the clip or the "

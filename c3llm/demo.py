@@ -10,49 +10,30 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import (
-    ClapAudioConfig,
-    ClapFeatureExtractor,
-    CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    EncodecFeatureExtractor,
-    EncodecModel,
-    GemmaConfig,
-)
+from transformers import EncodecModel
 
-from conversion.build_c3llm import assemble, save_folder, tiny_tokenizer
-from modeling_c3llm import C3LLMConfig, C3LLMNARConfig
+from conversion.build_c3llm import build_tiny, save_folder
+from processing_c3llm.processing_c3llm import TASKS
+
+from .data.registry import DATASETS
+from .evaluation import EvalSettings, generate_outputs, load_split
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
-ALL_TASKS = (
-    "text-to-audio",
-    "audio-to-text",
-    "video-to-audio",
-    "video-to-caption",
-    "video-text-to-audio",
-    "image-to-audio",
-    "image-text-to-audio",
-)
-# Share of its layout's training clips each task uses. The two measured audio outputs (text-to-audio and
-# video-to-audio) use every clip, the other tasks a different part each, so that all seven fit the time budget with
-# clips seen a few times only: on 600 clips seen ten times each the model memorized the clips' token sequences and
-# text-to-audio / video-to-audio fell to chance.
-TASK_SHARES = {
-    "text-to-audio": 1.0,
-    "audio-to-text": 0.3,
-    "video-to-audio": 1.0,
-    "video-to-caption": 0.25,
-    "video-text-to-audio": 0.25,
-    "image-to-audio": 0.25,
-    "image-text-to-audio": 0.25,
-}
+# The demo trains every task of `TASKS` on SynthFoley and measures these three.
+MEASURED_TASKS = ("audio-to-text", "text-to-audio", "video-to-audio")
+# Share of its layout's training clips a task uses (other tasks: `OTHER_TASK_SHARE`). The two measured audio outputs
+# use every clip, the other tasks a different part each, so that all seven fit the time budget with clips seen a few
+# times only: on 600 clips seen ten times each the model memorized the clips' token sequences and text-to-audio /
+# video-to-audio fell to chance.
+TASK_SHARES = {"text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 1.0}
+OTHER_TASK_SHARE = 0.25
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
 
@@ -79,39 +60,17 @@ class DemoSettings:
 
 
 def demo_model(settings: DemoSettings):
-    """A small C3LLM whose codec is the SynthFoley EnCodec and whose tokenizer knows SynthFoley's caption words."""
+    """A small C3LLM (`build_tiny`, wider) whose codec is the SynthFoley EnCodec and whose tokenizer knows
+    SynthFoley's caption words."""
     if not (Path(settings.codec_dir) / "config.json").is_file():
         raise FileNotFoundError(f"No codec checkpoint in {settings.codec_dir}; train one with c3llm/synthfoley/train_codec.py.")
-    tokenizer = tiny_tokenizer(CAPTION_WORDS)
     codec = EncodecModel.from_pretrained(settings.codec_dir)
-    hidden = settings.hidden_size
-    text = GemmaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=settings.layers,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=hidden // 4, max_position_embeddings=512,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
-    )
-    audio = ClapAudioConfig(
-        hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], window_size=4,
-        spec_size=64, patch_size=4, patch_stride=[4, 4], num_mel_bins=16, projection_dim=16, projection_hidden_size=32,
-    )
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
-    nar = C3LLMNARConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden,
-                         dropout=0.0)
-    config = C3LLMConfig(
-        text_config=text, codec_config=codec.config.to_dict(), audio_config=audio, vision_config=vision, nar_config=nar,
-        num_codebooks=min(2, codec.config.num_quantizers), video_fps=10.0,
-        video_num_frames=round(10 * settings.clip_seconds), max_audio_seconds=settings.clip_seconds,
-    )
-    model, processor = assemble(
-        config,
-        tokenizer,
-        ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=2, fft_window_size=400,
-                             frequency_min=50, frequency_max=8000, truncation="rand_trunc"),
-        EncodecFeatureExtractor(feature_size=1, sampling_rate=config.sampling_rate),
-        CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        seed=settings.seed,
-    )
+    model, processor = build_tiny(
+        seed=settings.seed, num_codebooks=min(2, codec.config.num_quantizers), words=CAPTION_WORDS,
+        hidden_size=settings.hidden_size, num_layers=settings.layers, num_heads=4,
+        intermediate_size=4 * settings.hidden_size, max_position_embeddings=512, codec_config=codec.config.to_dict(),
+        video_fps=10.0, video_num_frames=round(10 * settings.clip_seconds), max_audio_seconds=settings.clip_seconds,
+    )  # fmt: skip
     model.codec.load_state_dict(codec.state_dict())
     return model, processor
 
@@ -164,8 +123,8 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
     from c3llm.data.collator import with_tasks
 
     write_demo_data(root, settings)
-    audio_tasks = [t for t in ALL_TASKS if "video" not in t and "image" not in t]
-    video_tasks = [t for t in ALL_TASKS if t not in audio_tasks]
+    # Every task: those without visual input on the AudioCaps layout, the others on the VGGSound layout.
+    [(_, _, audio_tasks), (_, _, video_tasks)] = DATASETS["synthfoley"].layouts(TASKS)
     audiocaps, _ = data.load_audiocaps(root / "audiocaps", "train")
     vggsound, _ = data.load_vggsound(root / "vggsound", "train")
     audiocaps, _ = data.add_audio_codes(audiocaps, model, processor)
@@ -183,7 +142,7 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
             if column not in dataset.column_names:
                 dataset = dataset.add_column(column, [None] * len(dataset))
         for index, task in enumerate(tasks):
-            count = max(1, round(TASK_SHARES[task] * len(dataset)))
+            count = max(1, round(TASK_SHARES.get(task, OTHER_TASK_SHARE) * len(dataset)))
             clips = dataset.shuffle(seed=settings.seed + index).select(range(count))
             pieces.append(with_tasks(clips, [task]).select_columns(columns))
     return concatenate_datasets(pieces).shuffle(seed=settings.seed)
@@ -209,59 +168,46 @@ def train(model_dir: Path, dataset, out: Path, settings: DemoSettings) -> dict[s
                         train_dataset=dataset)
 
 
-def _batches(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def evaluate(model, processor, root: Path, report: Path, guidance_scale: float | None = None,
              batch_size: int = 8) -> dict[str, Any]:
-    """Held-out SynthFoley: captions name the right classes; generated audio (sampled with classifier-free guidance
-    `guidance_scale`) holds the requested classes and its onsets sit on the visual onsets (0.1 s)."""
-    from c3llm.data import datasets as data
+    """Held-out SynthFoley, generated through `c3llm eval`'s functions: captions (greedy) name the right classes;
+    generated audio (sampled with classifier-free guidance `guidance_scale`) holds the requested classes and its
+    onsets sit on the visual onsets (0.1 s)."""
     from c3llm.synthfoley.event_detector import event_classes, onsets
     from c3llm.synthfoley.synthfoley import parse_caption
     from processing_c3llm.media_c3llm import write_wav
 
-    audiocaps, _ = data.load_audiocaps(root / "audiocaps", "test")
-    vggsound, _ = data.load_vggsound(root / "vggsound", "test")
+    base = EvalSettings(dataset="synthfoley", data_dir=str(root), split="test", batch_size=batch_size, seconds=2.0)
+    settings = {
+        "audio-to-text": replace(base, max_new_tokens=24, do_sample=False),
+        "text-to-audio": replace(base, top_k=20, guidance_scale=guidance_scale),
+        "video-to-audio": replace(base, top_k=20, guidance_scale=guidance_scale),
+    }
+    splits = {task: load_split(settings[task], task) for task in MEASURED_TASKS}
     sidecar = json.loads((root / "vggsound" / "synthfoley_test.json").read_text())
     truth = {Path(item["file"]).name: item for item in sidecar.values()}
     sr = model.config.sampling_rate
     (report / "audio").mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"captions": [], "text_to_audio": [], "video_to_audio": []}
-    sampling = {"audio_length_in_s": 2.0, "do_sample": True, "top_k": 20, "guidance_scale": guidance_scale}
     torch.manual_seed(0)
-    with tqdm(total=len(audiocaps) * 2 + len(vggsound), desc="evaluating") as bar:
-        for rows in _batches(list(audiocaps), batch_size):
-            inputs = processor(audio=[r["audio_path"] for r in rows], task="audio-to-text")
-            ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-            texts = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for row, text in zip(rows, texts):
-                results["captions"].append({"id": row["id"], "reference": row["caption"], "generated": text.strip()})
-            bar.update(len(rows))
-        for rows in _batches(list(audiocaps), batch_size):
-            inputs = processor(text=[r["caption"] for r in rows], task="text-to-audio")
-            out = model.generate(**inputs, **sampling)
-            for row, wave in zip(rows, processor.decode_audio(out)):
-                path = report / "audio" / f"t2a_{row['id']}.wav"
-                write_wav(path, wave, sr)
-                results["text_to_audio"].append(
-                    {"id": row["id"], "caption": row["caption"], "detected": event_classes(wave[0], sr), "wav": str(path)}
-                )
-            bar.update(len(rows))
-        for rows in _batches(list(vggsound), batch_size):
-            inputs = processor(videos=[r["video_path"] for r in rows], task="video-to-audio")
-            out = model.generate(**inputs, **sampling)
-            for row, wave in zip(rows, processor.decode_audio(out)):
-                path = report / "audio" / f"v2a_{row['id']}.wav"
-                write_wav(path, wave, sr)
-                visual = [e["onset"] for e in truth[Path(row["video_path"]).name]["events"]]
-                results["video_to_audio"].append(
-                    {"id": row["id"], "visual_onsets": visual, "generated_onsets": onsets(wave[0], sr).tolist(),
-                     "wav": str(path)}
-                )
-            bar.update(len(rows))
+    with tqdm(total=sum(len(rows) for rows in splits.values()), desc="evaluating") as bar:
+        outputs = {task: generate_outputs(model, processor, task, rows, settings[task], bar)
+                   for task, rows in splits.items()}  # fmt: skip
+    results: dict[str, Any] = {"captions": [], "text_to_audio": [], "video_to_audio": []}
+    for row, text in zip(splits["audio-to-text"], outputs["audio-to-text"]):
+        results["captions"].append({"id": row["id"], "reference": row["caption"], "generated": text})
+    for row, wave in zip(splits["text-to-audio"], outputs["text-to-audio"]):
+        path = report / "audio" / f"t2a_{row['id']}.wav"
+        write_wav(path, wave, sr)
+        results["text_to_audio"].append(
+            {"id": row["id"], "caption": row["caption"], "detected": event_classes(wave, sr), "wav": str(path)}
+        )
+    for row, wave in zip(splits["video-to-audio"], outputs["video-to-audio"]):
+        path = report / "audio" / f"v2a_{row['id']}.wav"
+        write_wav(path, wave, sr)
+        visual = [e["onset"] for e in truth[Path(row["video_path"]).name]["events"]]
+        results["video_to_audio"].append(
+            {"id": row["id"], "visual_onsets": visual, "generated_onsets": onsets(wave, sr).tolist(), "wav": str(path)}
+        )
 
     def names_right(item):
         return set(parse_caption(item["generated"])) == set(parse_caption(item["reference"]))
@@ -277,7 +223,7 @@ def evaluate(model, processor, root: Path, report: Path, guidance_scale: float |
         "text_to_audio_class_accuracy": float(np.mean([holds_requested(i) for i in results["text_to_audio"]])),
         "video_to_audio_onset_precision": len(synced) / len(generated) if generated else 0.0,
         "video_to_audio_generated_onsets": len(generated),
-        "test_clips": len(audiocaps),
+        "test_clips": len(splits["text-to-audio"]),
         "guidance_scale": guidance_scale,
     }
     return results

@@ -20,7 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from processing_c3llm.media_c3llm import write_text
+from processing_c3llm.processing_c3llm import TASKS
 
+from .data import registry
+from .data.collator import batch_inputs, example_inputs
 from .metrics import audio_generation as gen_metrics
 from .metrics.audio_models import AudioClassifier, AudioEmbedder, ClapScorer
 from .metrics.captioning import (
@@ -32,10 +35,6 @@ from .metrics.captioning import (
 from .metrics.onsets import onset_metrics
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "metrics" / "paper_results.json"
-DATASETS = ("audiocaps", "clotho", "vggsound", "vas", "synthfoley")
-TASKS_OF = {"audiocaps": ("audio-to-text", "text-to-audio"), "clotho": ("audio-to-text",),
-            "vggsound": ("video-to-audio",), "vas": ("video-to-audio",),
-            "synthfoley": ("audio-to-text", "text-to-audio", "video-to-audio")}  # fmt: skip
 
 
 @dataclass
@@ -51,6 +50,8 @@ class EvalSettings:
     seconds: float | None = None  # generated audio length; default: the reference clip's
     max_new_tokens: int = 32
     do_sample: bool = True
+    top_k: int | None = None  # default: the model's generation config
+    guidance_scale: float | None = None  # classifier-free guidance of audio outputs; default: none
     seed: int = 0
     embedding: str = "vggish"
     embedding_model: str | None = None  # VGGish / CNN14 folder or checkpoint, or CLAP folder
@@ -64,17 +65,10 @@ class EvalSettings:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def _load_split(settings: EvalSettings, task: str):
-    from c3llm.data import datasets as data
-
-    root = Path(settings.data_dir)
-    if settings.dataset == "synthfoley":
-        sub = "vggsound" if task == "video-to-audio" else "audiocaps"
-        loader, root = (data.load_vggsound if sub == "vggsound" else data.load_audiocaps), root / sub
-    else:
-        loader = {"audiocaps": data.load_audiocaps, "clotho": data.load_clotho, "vggsound": data.load_vggsound,
-                  "vas": data.load_vas}[settings.dataset]  # fmt: skip
-    dataset, report = loader(root, settings.split)
+def load_split(settings: EvalSettings, task: str) -> list[dict]:
+    """The clips of `settings.split` that `task` is evaluated on (at most `max_clips`), as rows of dicts."""
+    [(name, folder, _)] = registry.DATASETS[settings.dataset].layouts([task])
+    dataset, report = registry.loader(name)(Path(settings.data_dir) / folder, settings.split)
     rows = list(dataset)
     if settings.max_clips:
         rows = rows[: settings.max_clips]
@@ -96,24 +90,23 @@ def _reference_audio(row: dict, rate: int) -> np.ndarray:
 
 
 def generate_outputs(model, processor, task: str, rows: list[dict], settings: EvalSettings, bar) -> list[Any]:
-    """Captions (text tasks) or mono waveforms at the model's rate (audio tasks), one per row, in batches."""
+    """Captions (text tasks) or mono waveforms at the model's rate (audio tasks), one per row, in batches of
+    `settings.batch_size`; each row gives the inputs of `task` from its columns (`example_inputs`)."""
     outputs: list[Any] = []
+    sampling: dict[str, Any] = {"do_sample": settings.do_sample}
+    if settings.top_k is not None:
+        sampling["top_k"] = settings.top_k
     for batch in _batches(rows, settings.batch_size):
-        if task == "audio-to-text":
-            inputs = processor(audio=[r["audio_path"] or r["video_path"] for r in batch], task=task)
-        elif task == "text-to-audio":
-            inputs = processor(text=[r["caption"] for r in batch], task=task)
-        else:
-            inputs = processor(videos=[r["video_path"] for r in batch], task=task)
-        inputs = inputs.to(model.device)
+        inputs = processor(**batch_inputs([example_inputs(row, task) for row in batch])).to(model.device)
         with torch.no_grad():
-            if task == "audio-to-text":
-                ids = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample)
+            if TASKS[task].output == "text":
+                ids = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, **sampling)
                 texts = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 outputs += [t.strip() for t in texts]
             else:
                 seconds = settings.seconds or model.config.max_audio_seconds
-                out = model.generate(**inputs, audio_length_in_s=seconds, do_sample=settings.do_sample)
+                guidance = {} if settings.guidance_scale is None else {"guidance_scale": settings.guidance_scale}
+                out = model.generate(**inputs, audio_length_in_s=seconds, **sampling, **guidance)
                 outputs += [np.asarray(w, dtype=np.float32).mean(axis=0) for w in processor.decode_audio(out)]
         bar.update(len(batch))
     return outputs
@@ -123,7 +116,8 @@ def _audio_scores(task: str, rows: list[dict], generated: list[np.ndarray], rate
                   models: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:  # fmt: skip
     scores: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    needs_reference = models.get("embedder") or models.get("classifier") or task == "video-to-audio"
+    video = "video" in TASKS[task].inputs
+    needs_reference = models.get("embedder") or models.get("classifier") or video
     references = [_reference_audio(r, rate) for r in rows] if needs_reference else []
     if embedder := models.get("embedder"):
         gen = gen_metrics.stack_embeddings([embedder(w, rate) for w in generated])
@@ -145,12 +139,12 @@ def _audio_scores(task: str, rows: list[dict], generated: list[np.ndarray], rate
     else:
         for name in ("kl", "inception_score"):
             skipped[name] = "no classifier: pass --classifier (a PANNs CNN14 checkpoint or an audio-classification folder)"
-    if task == "text-to-audio":
+    if "text" in TASKS[task].inputs:
         if clap := models.get("clap"):
             scores["clap_score"] = gen_metrics.clap_score(clap.audio(generated, rate), clap.text([r["caption"] for r in rows]))
         else:
             skipped["clap_score"] = "no CLAP model: pass --clap-model (a transformers CLAP folder)"
-    if task == "video-to-audio":
+    if video:
         scores.update(onset_metrics(generated, references, rate))
     return scores, skipped
 
@@ -171,28 +165,29 @@ def _caption_scores(rows: list[dict], captions: list[str], settings: EvalSetting
 def load_metric_models(settings: EvalSettings, tasks: list[str]) -> dict[str, Any]:
     """The embedding, classifier and CLAP models the tasks need, each loaded once from its path."""
     models: dict[str, Any] = {}
-    audio_out = any(t != "audio-to-text" for t in tasks)
+    audio_out = any(TASKS[t].output == "audio" for t in tasks)
     if audio_out and settings.embedding_model:
         models["embedder"] = AudioEmbedder(settings.embedding, settings.embedding_model, settings.device)
     if audio_out and settings.classifier:
         models["classifier"] = AudioClassifier(settings.classifier, settings.device)
-    if "text-to-audio" in tasks and settings.clap_model:
+    if any(TASKS[t].output == "audio" and "text" in TASKS[t].inputs for t in tasks) and settings.clap_model:
         models["clap"] = ClapScorer(settings.clap_model, settings.device)
     return models
 
 
 def run_eval(model, processor, settings: EvalSettings) -> dict[str, Any]:
     """Generates for every clip of every task of the split, scores it, and returns the results (also timings)."""
-    if settings.dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {settings.dataset!r}.")
-    tasks = list(settings.tasks or TASKS_OF[settings.dataset])
-    bad = [t for t in tasks if t not in TASKS_OF[settings.dataset]]
+    if settings.dataset not in registry.EVAL_DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(registry.EVAL_DATASETS)}, got {settings.dataset!r}.")
+    served = registry.DATASETS[settings.dataset].eval_tasks
+    tasks = list(settings.tasks or served)
+    bad = [t for t in tasks if t not in served]
     if bad:
-        raise ValueError(f"{settings.dataset} has no {bad} split; its tasks are {', '.join(TASKS_OF[settings.dataset])}.")
+        raise ValueError(f"{settings.dataset} has no {bad} split; its tasks are {', '.join(served)}.")
     if settings.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {settings.batch_size}.")
     models = load_metric_models(settings, tasks)
-    splits = {task: _load_split(settings, task) for task in tasks}
+    splits = {task: load_split(settings, task) for task in tasks}
     rate = model.config.sampling_rate
     results: dict[str, Any] = {"dataset": settings.dataset, "split": settings.split, "tasks": {}}
     generation_s = metrics_s = 0.0
@@ -203,14 +198,14 @@ def run_eval(model, processor, settings: EvalSettings) -> dict[str, Any]:
             start = time.perf_counter()
             outputs = generate_outputs(model, processor, task, rows, settings, bar)
             middle = time.perf_counter()
-            if task == "audio-to-text":
+            if TASKS[task].output == "text":
                 scores, skipped = _caption_scores(rows, outputs, settings)
             else:
                 scores, skipped = _audio_scores(task, rows, outputs, rate, settings, models)
             generation_s += middle - start
             metrics_s += time.perf_counter() - middle
             results["tasks"][task] = {"clips": len(rows), "scores": scores, "skipped": skipped}
-            if task == "audio-to-text":
+            if TASKS[task].output == "text":
                 results["tasks"][task]["samples"] = [{"id": r["id"], "generated": c, "references": r["captions"]}
                                                      for r, c in list(zip(rows, outputs))[:10]]  # fmt: skip
     clips = sum(len(r) for r in splits.values())
@@ -261,14 +256,14 @@ METRIC_NAMES = {"fad": "FAD", "kl": "KL", "inception_score": "ISc", "clap_score"
                 "# Onset Accuracy", "onset_ap": "Onset AP", "onset_detection_accuracy": "Onset detection accuracy",
                 "bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D", "spice": "SPICE",
                 "spider": "SPIDEr"}  # fmt: skip
-TASK_TYPES = {"audio-to-text": "audio-to-text", "text-to-audio": "text-to-audio", "video-to-audio": "video-to-audio"}
 
 
 def model_index_results(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The scores of `results` as `EvalResult` fields, for `conversion.model_card.update_model_index`."""
+    """The scores of `results` as `EvalResult` fields, for `conversion.model_card.update_model_index`; a task's
+    `task_type` is its name."""
     dataset = results["dataset"]
     return [
-        dict(task_type=TASK_TYPES[task], dataset_type=dataset, dataset_name=dataset, dataset_split=results["split"],
+        dict(task_type=task, dataset_type=dataset, dataset_name=dataset, dataset_split=results["split"],
              metric_type=key, metric_name=METRIC_NAMES[key], metric_value=value)
         for task, entry in results["tasks"].items() for key, value in entry["scores"].items() if key in METRIC_NAMES
     ]  # fmt: skip
@@ -297,7 +292,7 @@ def add_eval_parser(commands, formatter_class) -> None:
         epilog=EVAL_EPILOG, formatter_class=formatter_class,
     )  # fmt: skip
     p.add_argument("--model", required=True, metavar="DIR", help="C3LLM model folder")
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="test set layout (see the README's Datasets)")
+    p.add_argument("--dataset", required=True, choices=registry.EVAL_DATASETS, help="test set layout (see the README's Datasets)")
     p.add_argument("--data-dir", required=True, metavar="DIR", help="dataset root (SynthFoley: the folder holding audiocaps/ and vggsound/)")
     p.add_argument("--split", default=defaults.split, help="split name")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="subset of the dataset's tasks (default: all of them)")
@@ -307,6 +302,10 @@ def add_eval_parser(commands, formatter_class) -> None:
     p.add_argument("--seconds", type=float, metavar="S", help="generated audio length (default: the model's max_audio_seconds)")
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="N", help="caption length limit")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (default: the model's "
+                   "generation config)")
+    p.add_argument("--guidance-scale", type=float, metavar="F", help="classifier-free guidance of the audio outputs "
+                   "(default: none)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
     m = p.add_argument_group("metric models (local folders, checkpoint files or Hub ids; nothing is downloaded)")
     m.add_argument("--embedding", choices=AudioEmbedder.KINDS, default=defaults.embedding, help="FAD embedding")
@@ -327,7 +326,7 @@ def add_eval_parser(commands, formatter_class) -> None:
 def cmd_eval(args, parser) -> int:
     from .loading import CLIError, load_model
 
-    for flag in ("max_clips", "batch_size", "max_new_tokens", "inception_splits"):
+    for flag in ("max_clips", "batch_size", "max_new_tokens", "inception_splits", "top_k", "guidance_scale"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
@@ -336,8 +335,8 @@ def cmd_eval(args, parser) -> int:
     settings = EvalSettings(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split, tasks=tuple(args.tasks) if args.tasks else None,
         max_clips=args.max_clips, batch_size=args.batch_size, seconds=args.seconds, max_new_tokens=args.max_new_tokens,
-        do_sample=not args.greedy, seed=args.seed, embedding=args.embedding, embedding_model=args.embedding_model,
-        classifier=args.classifier, clap_model=args.clap_model, inception_splits=args.inception_splits,
+        do_sample=not args.greedy, top_k=args.top_k, guidance_scale=args.guidance_scale, seed=args.seed,
+        embedding=args.embedding, embedding_model=args.embedding_model, classifier=args.classifier, clap_model=args.clap_model, inception_splits=args.inception_splits,
         caption_metrics=tuple(args.caption_metrics), java=args.java, corenlp=args.corenlp, device=args.device,
     )  # fmt: skip
     model, processor = load_model(args.model)

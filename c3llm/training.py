@@ -35,6 +35,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from c3llm.data import registry
 from c3llm.data.collator import C3LLMDataCollator, with_tasks
 from conversion.hub_c3llm import merge_adapter
 from modeling_c3llm import C3LLMForConditionalGeneration
@@ -46,15 +47,6 @@ logger = logging.get_logger(__name__)
 PROG = "c3llm train"
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROJECTORS = ["audio_projector", "video_projector", "image_projector"]
-DATASETS = ["audiocaps", "clotho", "vggsound", "vas", "folder", "synthfoley"]
-DEFAULT_TASKS = {
-    "audiocaps": ["text-to-audio", "audio-to-text"],
-    "clotho": ["text-to-audio", "audio-to-text"],
-    "vggsound": ["video-to-audio"],
-    "vas": ["video-to-audio"],
-    "folder": ["text-to-audio"],
-    "synthfoley": ["text-to-audio", "audio-to-text", "video-to-audio"],
-}
 
 
 # ---- arguments --------------------------------------------------------------------------------------------------
@@ -112,7 +104,7 @@ class DataArguments:
     """Which data to train and evaluate on (loaded by `c3llm.data.datasets`)."""
 
     dataset: str | None = field(
-        default=None, metadata={"help": "The dataset layout under --data_dir.", "choices": DATASETS}
+        default=None, metadata={"help": "The dataset layout under --data_dir.", "choices": registry.TRAIN_DATASETS}
     )
     data_dir: str | None = field(default=None, metadata={"help": "Root folder of the dataset."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
@@ -273,7 +265,7 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
 
 # ---- data -------------------------------------------------------------------------------------------------------
 def _video_task(task: str) -> bool:
-    return "video" in TASKS[task][0]
+    return "video" in TASKS[task].inputs
 
 
 def _describe(report: Any) -> str:
@@ -288,17 +280,14 @@ def _prepare_split(data, name: str, root: Path, split: str, tasks: list[str], li
                    data_args: DataArguments):
     """Loads one split, keeps `limit` clips, adds what its tasks need (codec codes, video features), expands tasks.
     Returns the dataset and what happened to its clips: the report of the loader and of each preprocessing step."""
-    loader = getattr(data, f"load_{name}", None)
-    if loader is None:
-        raise ValueError(f"c3llm.data.datasets has no loader for {name!r}.")
-    dataset, report = loader(root, split, **({"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}))
+    dataset, report = registry.loader(name)(root, split, **({"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}))
     print(_describe(report))
     part = {"dataset": name, "total": report.total, "left_out": 0, "stages": [_stage_report("load", name, report)]}
     if limit is not None:
         part["left_out"] = max(len(dataset) - limit, 0)
         dataset = dataset.select(range(min(limit, len(dataset))))
     steps = []
-    if any(TASKS[task][1] == "audio" for task in tasks):
+    if any(TASKS[task].output == "audio" for task in tasks):
         steps.append(data.add_audio_codes)  # the targets: EnCodec codes of the clip's audio
     if data_args.precompute_video_features and any(_video_task(task) for task in tasks):
         steps.append(data.add_video_features)  # the frozen vision encoder's per-frame features
@@ -330,24 +319,21 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
 
     if data_args.dataset is None or data_args.data_dir is None:
         raise ValueError("Give --dataset and --data_dir (or pass train_dataset to run_training).")
-    tasks = list(data_args.tasks or DEFAULT_TASKS[data_args.dataset])
+    spec = registry.DATASETS[data_args.dataset]
+    tasks = list(data_args.tasks or spec.train_tasks)
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"Unknown tasks {unknown}; choose from {sorted(TASKS)}.")
     root = Path(data_args.data_dir)
     if data_args.dataset == "synthfoley":
         # Procedural data in the AudioCaps and VGGSound layouts: generated on first use, then reused.
-        if not (root / "audiocaps").is_dir():
+        if not (root / spec.audio_layout).is_dir():
             from c3llm.synthfoley.synthfoley import write_synthfoley
 
             write_synthfoley(root)
-        audio_tasks, video_tasks = [t for t in tasks if not _video_task(t)], [t for t in tasks if _video_task(t)]
-        parts = [(name, root / name, part) for name, part in (("audiocaps", audio_tasks), ("vggsound", video_tasks))
-                 if part]
-    else:
-        if not root.is_dir():
-            raise FileNotFoundError(f"--data_dir {root} does not exist.")
-        parts = [(data_args.dataset, root, tasks)]
+    elif not root.is_dir():
+        raise FileNotFoundError(f"--data_dir {root} does not exist.")
+    parts = [(name, root / folder, part) for name, folder, part in spec.layouts(tasks)]
 
     reports = {} if reports is None else reports
 
@@ -470,7 +456,7 @@ def _limit(dataset, limit: int | None):
 def _audio_output_only(dataset):
     if dataset is None:
         return None
-    kept = dataset.filter(lambda task: TASKS[task][1] == "audio", input_columns="task")
+    kept = dataset.filter(lambda task: TASKS[task].output == "audio", input_columns="task")
     if len(kept) == 0:
         raise ValueError("Stage 2 trains the NAR head on audio targets, but the data has no audio-output examples.")
     return kept

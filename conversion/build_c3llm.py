@@ -27,18 +27,27 @@ from transformers import (
 )
 
 from modeling_c3llm import (
-    C3LLM_SPECIAL_TOKENS,
+    SPECIAL_TOKEN_ROLES,
     C3LLMConfig,
     C3LLMForConditionalGeneration,
     C3LLMNARConfig,
 )
 from processing_c3llm import C3LLMProcessor
-from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN
+from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN, SPECIAL_TOKENS
 
 
 def extend_tokenizer(tokenizer, config: C3LLMConfig):
-    """Adds one token per code of codebook 1 and the C3LLM special tokens, at the ids the config expects."""
-    tokens = [ACOUSTIC_TOKEN.format(i) for i in range(config.codebook_size)] + list(C3LLM_SPECIAL_TOKENS)
+    """Adds one token per code of codebook 1 and the C3LLM special tokens, at the ids the config expects.
+
+    The special tokens' strings come from the processor (`SPECIAL_TOKENS`, by role) and their order from the config
+    (`SPECIAL_TOKEN_ROLES`): each is declared once, and this is where the two meet."""
+    if set(SPECIAL_TOKENS) != set(SPECIAL_TOKEN_ROLES):
+        raise ValueError(
+            f"The processor's special tokens {sorted(SPECIAL_TOKENS)} and the config's roles "
+            f"{sorted(SPECIAL_TOKEN_ROLES)} differ; the model and processor code do not belong together."
+        )
+    tokens = [ACOUSTIC_TOKEN.format(i) for i in range(config.codebook_size)]
+    tokens += [SPECIAL_TOKENS[role] for role in SPECIAL_TOKEN_ROLES]
     tokenizer.add_tokens(tokens, special_tokens=True)
     first, last = tokenizer.convert_tokens_to_ids([tokens[0], tokens[-1]])
     if first != config.acoustic_token_offset or last != config.acoustic_token_offset + len(tokens) - 1:
@@ -69,24 +78,36 @@ def make_processor(config: C3LLMConfig, tokenizer, feature_extractor, codec_feat
 
 
 @contextmanager
-def atomic_folder(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yields a sibling temp folder to write into; renamed to `out_dir` on success, removed on any error."""
+def atomic_folder(out_dir: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """The one writer of folders (files: `processing_c3llm.media_c3llm.atomic_path`). Yields a sibling temp folder
+    to write into; on success it becomes `out_dir` in one rename, on any error it is removed, so readers never see a
+    half-written folder. A non-empty `out_dir` is an error, unless `replace`: then the old folder is swapped out in the
+    same way and removed (and put back if the swap fails)."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if not replace and out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder or remove it first.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    old = None
     try:
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; the result should be an ordinary folder
         yield staging
-        if out_dir.exists():
+        if replace and out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent)) / out_dir.name
+            os.replace(out_dir, old)
+        elif out_dir.exists():
             out_dir.rmdir()
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not out_dir.exists():
+            os.replace(old, out_dir)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
 
 
 def save_folder(
@@ -255,22 +276,37 @@ def tiny_tokenizer(words: tuple[str, ...] = ()) -> GemmaTokenizer:
     return GemmaTokenizer(vocab=vocab, merges=merges)
 
 
-def tiny_config(text_vocab_size: int, num_codebooks: int = 2) -> C3LLMConfig:
-    """A small but complete configuration: every part is real, only narrow and shallow."""
+def tiny_config(
+    text_vocab_size: int,
+    num_codebooks: int = 2,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 1024,
+    codec_config: EncodecConfig | dict | None = None,
+    video_fps: float = 5.0,
+    video_num_frames: int = 10,
+    max_audio_seconds: float = 2.0,
+) -> C3LLMConfig:
+    """A small but complete configuration: every part is real, only narrow and shallow. The defaults are the tiny
+    random model of `c3llm build --tiny`; the demo widens the LLM and plugs in its trained codec. The NAR head has
+    the LLM's width and heads; the LLM's MLP is `intermediate_size` wide (default twice the width)."""
     text = GemmaConfig(
         vocab_size=text_vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
         num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=1024,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=2,
     )
-    codec = EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, codebook_dim=16)
+    if codec_config is None:
+        codec_config = EncodecConfig(hidden_size=16, num_filters=4, num_lstm_layers=1, codebook_size=1024, codebook_dim=16)
     audio = ClapAudioConfig(
         hidden_size=32,
         patch_embeds_hidden_size=16,
@@ -288,24 +324,25 @@ def tiny_config(text_vocab_size: int, num_codebooks: int = 2) -> C3LLMConfig:
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
     )
-    nar = C3LLMNARConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, dropout=0.0)
+    nar = C3LLMNARConfig(
+        hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+        dropout=0.0,
+    )  # fmt: skip
     return C3LLMConfig(
         text_config=text,
-        codec_config=codec,
+        codec_config=codec_config,
         audio_config=audio,
         vision_config=vision,
         nar_config=nar,
         num_codebooks=num_codebooks,
-        video_fps=5.0,
-        video_num_frames=10,
-        max_audio_seconds=2.0,
+        video_fps=video_fps,
+        video_num_frames=video_num_frames,
+        max_audio_seconds=max_audio_seconds,
     )
 
 
-def build_tiny(out_dir: str | os.PathLike | None = None, seed: int = 0, num_codebooks: int = 2):
-    """Builds the tiny random model and processor; saves them to `out_dir` when given."""
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer), num_codebooks=num_codebooks)
+def tiny_processor_parts(config: C3LLMConfig) -> tuple[ClapFeatureExtractor, EncodecFeatureExtractor, CLIPImageProcessorPil]:
+    """The CLAP feature extractor, codec feature extractor and image processor that fit `tiny_config`."""
     feature_extractor = ClapFeatureExtractor(
         feature_size=16,
         sampling_rate=16000,
@@ -318,7 +355,18 @@ def build_tiny(out_dir: str | os.PathLike | None = None, seed: int = 0, num_code
     )
     codec_feature_extractor = EncodecFeatureExtractor(feature_size=1, sampling_rate=config.sampling_rate)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    model, processor = assemble(config, tokenizer, feature_extractor, codec_feature_extractor, image_processor, seed)
+    return feature_extractor, codec_feature_extractor, image_processor
+
+
+def build_tiny(
+    out_dir: str | os.PathLike | None = None, seed: int = 0, num_codebooks: int = 2, words: tuple[str, ...] = (),
+    **config_kwargs,
+):  # fmt: skip
+    """Builds a tiny random model and processor (`tiny_config(..., **config_kwargs)`, a tokenizer with whole-word
+    tokens for `words`); saves them to `out_dir` when given."""
+    tokenizer = tiny_tokenizer(words)
+    config = tiny_config(len(tokenizer), num_codebooks=num_codebooks, **config_kwargs)
+    model, processor = assemble(config, tokenizer, *tiny_processor_parts(config), seed=seed)
     if out_dir is not None:
         save_folder(model, processor, out_dir)
     return model, processor

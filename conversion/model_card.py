@@ -13,41 +13,36 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, Task
+
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 MODEL_NAME = "C3LLM"
-# (task, what it does, code run after the loading snippet). The card's tests run every snippet on a tiny model.
-TASK_EXAMPLES = (
-    ("text-to-audio", "Text in, audio out (C3LLM).", """\
-inputs = processor(text="a dog barks", task="text-to-audio")
+# Example value of each processor argument in the card's snippets (the card's tests provide these files).
+EXAMPLE_VALUES = {"text": '"a dog barks"', "audio": '"clip.wav"', "videos": '"clip.mp4"', "images": '"photo.png"'}
+OUTPUT_CODE = {
+    "audio": """\
 out = model.generate(**inputs, audio_length_in_s=2.0, do_sample=True)
-waveform = processor.decode_audio(out)[0]            # (channels, samples) at out.sampling_rate"""),
-    ("video-to-audio", "A silent video in, its soundtrack out (C3LLM).", """\
-inputs = processor(videos="clip.mp4", task="video-to-audio")
-out = model.generate(**inputs, audio_length_in_s=1.5, do_sample=True)
-waveform = processor.decode_audio(out)[0]"""),
-    ("audio-to-text", "Audio captioning (C3LLM).", """\
-inputs = processor(audio="clip.wav", task="audio-to-text")
+waveform = processor.decode_audio(out)[0]            # (channels, samples) at out.sampling_rate""",
+    "text": """\
 ids = model.generate(**inputs, max_new_tokens=20, do_sample=True)
-caption = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]"""),
-    ("video-to-caption", "Tell what you hear from what you see (VATT).", """\
-inputs = processor(videos="clip.mp4", task="video-to-caption")
-ids = model.generate(**inputs, max_new_tokens=20)
-caption = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]"""),
-    ("video-text-to-audio", "A video plus a text prompt that steers the sound (VATT).", """\
-inputs = processor(videos="clip.mp4", text="heavy rain", task="video-text-to-audio")
-out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True, top_k=50)"""),
-    ("image-to-audio", "An image in, a matching sound out (EGMI).", """\
-inputs = processor(images="photo.png", task="image-to-audio")
-out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True)"""),
-    ("image-text-to-audio", "An image plus a text prompt (EGMI).", """\
-inputs = processor(images="photo.png", text="birds at dawn", task="image-text-to-audio")
-out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True)"""),
-    ("text-to-audio pipeline", "The transformers `text-to-audio` pipeline.", """\
+caption = processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]""",
+}
+PIPELINE_EXAMPLE = ("text-to-audio pipeline", "The transformers `text-to-audio` pipeline.", """\
 from transformers import pipeline
 
 tts = pipeline("text-to-audio", model=model, tokenizer=processor.tokenizer, processor=processor)
-result = tts("a dog barks", generate_kwargs={"audio_length_in_s": 1.0, "do_sample": True})"""),
-)
+result = tts("a dog barks", generate_kwargs={"audio_length_in_s": 1.0, "do_sample": True})""")
+
+
+def task_example(task: Task) -> tuple[str, str, str]:
+    """(task, what it does, code run after the loading snippet) of one row of the processor's `TASKS`."""
+    arguments = ", ".join(f"{INPUT_ARGUMENTS[kind][0]}={EXAMPLE_VALUES[INPUT_ARGUMENTS[kind][0]]}" for kind in task.inputs)
+    code = f'inputs = processor({arguments}, task="{task.name}")\n' + OUTPUT_CODE[task.output]
+    return task.name, task.description, code
+
+
+# One example per task, then the pipeline. The card's tests run every snippet on a tiny model.
+TASK_EXAMPLES = (*(task_example(task) for task in TASKS.values()), PIPELINE_EXAMPLE)
 NO_RESULTS = "No evaluation results yet: `c3llm` evaluation writes them into this card's `model-index`."
 
 
@@ -119,8 +114,6 @@ def check_model_card(card: ModelCard | str | os.PathLike) -> ModelCard:
         if not data.get(field):
             raise ValueError(f"The model card's metadata lacks `{field}`.")
     _check_model_index(data)
-    from processing_c3llm.processing_c3llm import TASKS
-
     for task in TASKS:
         if f'task="{task}"' not in card.text:
             raise ValueError(f"The model card has no code example for the task {task!r}.")

@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoModelForTextToWaveform
 
-from .configuration_c3llm import C3LLM_SPECIAL_TOKENS, C3LLMConfig, C3LLMNARConfig
+from .configuration_c3llm import SPECIAL_TOKEN_ROLES, C3LLMConfig, C3LLMNARConfig
 from .generation_c3llm import C3LLMAudioGenerationOutput
 from .modeling_c3llm import C3LLMForConditionalGeneration, C3LLMOutputWithPast, C3LLMPreTrainedModel
 
@@ -16,11 +16,11 @@ C3LLMConfig.register_for_auto_class()
 C3LLMForConditionalGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "C3LLM_SPECIAL_TOKENS",
     "C3LLMAudioGenerationOutput",
     "C3LLMConfig",
     "C3LLMForConditionalGeneration",
     "C3LLMNARConfig",
     "C3LLMOutputWithPast",
     "C3LLMPreTrainedModel",
+    "SPECIAL_TOKEN_ROLES",
 ]

@@ -3,17 +3,20 @@
 from transformers import AutoConfig, PreTrainedConfig
 
 
-# Tokens appended to the LLM vocabulary after the acoustic tokens, in this order.
-C3LLM_SPECIAL_TOKENS = (
-    "<Audio>",
-    "</Audio>",
-    "<Video>",
-    "</Video>",
-    "<Image>",
-    "</Image>",
-    "<|audio_feature|>",
-    "<|video_frame|>",
-    "<|image_patch|>",
+# The roles of the special tokens appended to the LLM vocabulary after the acoustic tokens, in vocabulary order. The
+# model needs their ids only, which follow from this order; their strings (`<Audio>`, ...) are declared once, by the
+# processor (`processing_c3llm.processing_c3llm.SPECIAL_TOKENS`, keyed by these roles), which this remote-code file
+# cannot import. `conversion.build_c3llm.extend_tokenizer` adds the strings in this order and checks the ids agree.
+SPECIAL_TOKEN_ROLES = (
+    "audio_start",
+    "audio_end",
+    "video_start",
+    "video_end",
+    "image_start",
+    "image_end",
+    "audio_feature",
+    "video_frame",
+    "image_patch",
 )
 
 
@@ -75,7 +78,7 @@ class C3LLMConfig(PreTrainedConfig):
     r"""
     Configuration of [`C3LLMForConditionalGeneration`].
 
-    The LLM vocabulary is laid out as `[text tokens | one token per code of codebook 1 | C3LLM_SPECIAL_TOKENS]`:
+    The LLM vocabulary is laid out as `[text tokens | one token per code of codebook 1 | SPECIAL_TOKEN_ROLES]`:
     `acoustic_token_offset` is the size of the original text vocabulary and `text_config.vocab_size` the extended size.
 
     Args:
@@ -140,11 +143,11 @@ class C3LLMConfig(PreTrainedConfig):
         if acoustic_token_offset is None:
             # A fresh config: extend the backbone vocabulary by the acoustic and special tokens.
             acoustic_token_offset = self.text_config.vocab_size
-            self.text_config.vocab_size = acoustic_token_offset + self.codebook_size + len(C3LLM_SPECIAL_TOKENS)
-        elif self.text_config.vocab_size < acoustic_token_offset + self.codebook_size + len(C3LLM_SPECIAL_TOKENS):
+            self.text_config.vocab_size = acoustic_token_offset + self.codebook_size + len(SPECIAL_TOKEN_ROLES)
+        elif self.text_config.vocab_size < acoustic_token_offset + self.codebook_size + len(SPECIAL_TOKEN_ROLES):
             raise ValueError(
                 f"text_config.vocab_size ({self.text_config.vocab_size}) is too small for acoustic tokens at offset "
-                f"{acoustic_token_offset}; expected at least {acoustic_token_offset + self.codebook_size + len(C3LLM_SPECIAL_TOKENS)}."
+                f"{acoustic_token_offset}; expected at least {acoustic_token_offset + self.codebook_size + len(SPECIAL_TOKEN_ROLES)}."
             )
         self.acoustic_token_offset = acoustic_token_offset
         self.video_fps = float(video_fps)
@@ -177,29 +180,29 @@ class C3LLMConfig(PreTrainedConfig):
     def hop_length(self) -> int:
         return self.sampling_rate // self.frame_rate
 
-    def special_token_id(self, token: str) -> int:
-        """Id of one of `C3LLM_SPECIAL_TOKENS` in the extended vocabulary."""
-        return self.acoustic_token_offset + self.codebook_size + C3LLM_SPECIAL_TOKENS.index(token)
+    def special_token_id(self, role: str) -> int:
+        """Id of the special token of a role of `SPECIAL_TOKEN_ROLES` (e.g. "audio_start") in the extended vocabulary."""
+        return self.acoustic_token_offset + self.codebook_size + SPECIAL_TOKEN_ROLES.index(role)
 
     @property
     def audio_start_token_id(self) -> int:
-        return self.special_token_id("<Audio>")
+        return self.special_token_id("audio_start")
 
     @property
     def audio_end_token_id(self) -> int:
-        return self.special_token_id("</Audio>")
+        return self.special_token_id("audio_end")
 
     @property
     def audio_feature_token_id(self) -> int:
-        return self.special_token_id("<|audio_feature|>")
+        return self.special_token_id("audio_feature")
 
     @property
     def video_frame_token_id(self) -> int:
-        return self.special_token_id("<|video_frame|>")
+        return self.special_token_id("video_frame")
 
     @property
     def image_patch_token_id(self) -> int:
-        return self.special_token_id("<|image_patch|>")
+        return self.special_token_id("image_patch")
 
     @property
     def video_feature_size(self) -> int:
@@ -222,4 +225,4 @@ def _first(value) -> int:
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-__all__ = ["C3LLMConfig", "C3LLMNARConfig", "C3LLM_SPECIAL_TOKENS"]
+__all__ = ["C3LLMConfig", "C3LLMNARConfig", "SPECIAL_TOKEN_ROLES"]

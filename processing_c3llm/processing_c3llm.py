@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,21 +29,87 @@ from .media_c3llm import (
 
 logger = logging.getLogger(__name__)
 
-# task -> (inputs it needs, output modality)
-TASKS = {
-    "text-to-audio": (("text",), "audio"),
-    "audio-to-text": (("audio",), "text"),
-    "video-to-audio": (("video",), "audio"),
-    "video-to-caption": (("video",), "text"),
-    "video-text-to-audio": (("video", "text"), "audio"),
-    "image-to-audio": (("image",), "audio"),
-    "image-text-to-audio": (("image", "text"), "audio"),
-}
-DEFAULT_TASK_PROMPTS = {
-    "audio-to-text": "Describe the audio.",
-    "video-to-caption": "Describe what you would hear.",
-}
+@dataclass(frozen=True)
+class Task:
+    """One task, declared once: the inputs its prompt takes (kinds of `INPUT_ARGUMENTS`), its output ("audio" or
+    "text"), a one-line description, and for a text output the instruction that ends its prompt. Everything else
+    (the processor's checks, the CLI's flags, training, evaluation, the model card) reads these rows, so a task over
+    existing inputs is one new row."""
+
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    description: str = ""
+    prompt: str | None = None
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("text-to-audio", ("text",), "audio", "Text in, audio out (C3LLM)."),
+        Task("audio-to-text", ("audio",), "text", "Audio captioning (C3LLM).", "Describe the audio."),
+        Task("video-to-audio", ("video",), "audio", "A silent video in, its soundtrack out (C3LLM)."),
+        Task("video-to-caption", ("video",), "text", "Tell what you hear from what you see (VATT).",
+             "Describe what you would hear."),
+        Task("video-text-to-audio", ("video", "text"), "audio",
+             "A video plus a text prompt that steers the sound (VATT)."),
+        Task("image-to-audio", ("image",), "audio", "An image in, a matching sound out (EGMI)."),
+        Task("image-text-to-audio", ("image", "text"), "audio", "An image plus a text prompt (EGMI)."),
+    )
+}  # fmt: skip
+# Each input kind -> the processor arguments that can carry it (one per example): `video_features` replaces `videos`.
+INPUT_ARGUMENTS = {"text": ("text",), "audio": ("audio",), "video": ("videos", "video_features"), "image": ("images",)}
+DEFAULT_TASK_PROMPTS = {task.name: task.prompt for task in TASKS.values() if task.prompt}
 ACOUSTIC_TOKEN = "<|a_{}|>"
+# The strings of the C3LLM special tokens, declared here only. The model knows them by role, never by string: its config
+# (`modeling_c3llm.configuration_c3llm.SPECIAL_TOKEN_ROLES`) lists the roles in vocabulary order and computes their
+# ids. This file cannot import the config (it is remote code of its own, and the processor does not import the model),
+# so `conversion.build_c3llm.extend_tokenizer` adds these strings in the config's order and checks the ids agree.
+SPECIAL_TOKENS = {
+    "audio_start": "<Audio>",
+    "audio_end": "</Audio>",
+    "video_start": "<Video>",
+    "video_end": "</Video>",
+    "image_start": "<Image>",
+    "image_end": "</Image>",
+    "audio_feature": "<|audio_feature|>",
+    "video_frame": "<|video_frame|>",
+    "image_patch": "<|image_patch|>",
+}
+
+
+def _quoted(names) -> str:
+    return " or ".join(f"`{name}`" for name in names)
+
+
+def check_task_inputs(task: str, given) -> Task:
+    """Checks that an example of `task` has exactly the inputs the task takes and returns the task's row. `given`
+    names the processor arguments that have a value (`text`, `audio`, `videos`, `video_features`, `images`)."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
+    row, given = TASKS[task], set(given)
+    present = {kind: [name for name in names if name in given] for kind, names in INPUT_ARGUMENTS.items()}
+    for names in present.values():
+        if len(names) > 1:
+            raise ValueError(f"Pass either {_quoted(names)} for an example, not both.")
+    for kind in row.inputs:
+        if not present[kind]:
+            raise ValueError(f"Task {task!r} needs {_quoted(INPUT_ARGUMENTS[kind])}.")
+    for kind, names in present.items():
+        if names and kind not in row.inputs:
+            variants = [t.name for t in TASKS.values() if t.output == row.output and set(t.inputs) == {*row.inputs, kind}]
+            hint = f" (use {' or '.join(map(repr, variants))} for that)" if variants else ""
+            raise ValueError(f"Task {task!r} does not take {_quoted(names)}{hint}; it takes "
+                             f"{', '.join(_quoted(INPUT_ARGUMENTS[k]) for k in row.inputs)}.")  # fmt: skip
+    return row
+
+
+def _given(example: dict[str, Any]) -> set[str]:
+    """The processor arguments with a value in one example of `__call__` (which names `videos` and `images` in the
+    singular)."""
+    singular = {"video": "videos", "image": "images"}
+    names = {"text", "audio", "video", "video_features", "image"}
+    return {singular.get(name, name) for name, value in example.items() if name in names and value is not None}
 
 
 def _is_path(value: Any) -> bool:
@@ -110,20 +177,7 @@ class C3LLMProcessor(ProcessorMixin):
         self.task_prompts = {**DEFAULT_TASK_PROMPTS, **(task_prompts or {})}
         super().__init__(tokenizer, feature_extractor, codec_feature_extractor, image_processor, chat_template=chat_template)
         ids = tokenizer.convert_tokens_to_ids
-        self.token_ids = {
-            name: ids(token)
-            for name, token in {
-                "audio_start": "<Audio>",
-                "audio_end": "</Audio>",
-                "video_start": "<Video>",
-                "video_end": "</Video>",
-                "image_start": "<Image>",
-                "image_end": "</Image>",
-                "audio_feature": "<|audio_feature|>",
-                "video_frame": "<|video_frame|>",
-                "image_patch": "<|image_patch|>",
-            }.items()
-        }
+        self.token_ids = {name: ids(token) for name, token in SPECIAL_TOKENS.items()}
         self.acoustic_token_offset = ids(ACOUSTIC_TOKEN.format(0))
         unknown = [name for name, i in self.token_ids.items() if i is None or i == tokenizer.unk_token_id]
         if unknown or ids(ACOUSTIC_TOKEN.format(codebook_size - 1)) != self.acoustic_token_offset + codebook_size - 1:
@@ -178,9 +232,6 @@ class C3LLMProcessor(ProcessorMixin):
             "text_target": _as_batch(text_target, (str,)),
             "audio_codes": _as_batch(audio_codes, (np.ndarray, torch.Tensor)),
         }
-        if inputs["video"] is not None and inputs["video_features"] is not None:
-            if any(v is not None and f is not None for v, f in zip(inputs["video"], inputs["video_features"])):
-                raise ValueError("Pass either `videos` or `video_features` for an example, not both.")
         sizes = {name: len(value) for name, value in inputs.items() if value is not None}
         if not sizes:
             raise ValueError("C3LLMProcessor needs at least one of text, audio, videos, video_features or images.")
@@ -206,14 +257,14 @@ class C3LLMProcessor(ProcessorMixin):
         features: dict[str, list] = {"audio": [], "video": [], "video_features": [], "image": []}
         sequences, labels, codes = [], [], []
         for i, example_task in enumerate(tasks):
-            if example_task not in TASKS:
-                raise ValueError(f"Unknown task {example_task!r}; choose one of {sorted(TASKS)}.")
-            if drop[i] and TASKS[example_task][1] != "audio":
+            example = {name: value[i] for name, value in inputs.items()}
+            row = check_task_inputs(example_task, _given(example))
+            if drop[i] and row.output != "audio":
                 raise ValueError(f"drop_condition applies to audio-output tasks only, not to {example_task!r}.")
             prompt = self.unconditional_prompt() if drop[i] else self._prompt(
-                example_task, {name: value[i] for name, value in inputs.items()}, features, sampling_rate, video_fps
+                row, example, features, sampling_rate, video_fps
             )
-            target, example_codes = self._target(example_task, inputs["text_target"][i], inputs["audio_codes"][i])
+            target, example_codes = self._target(row, inputs["text_target"][i], inputs["audio_codes"][i])
             sequences.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
             codes.append(example_codes)
@@ -234,15 +285,15 @@ class C3LLMProcessor(ProcessorMixin):
         return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
 
     def _infer_task(self, inputs: dict[str, list | None], i: int) -> str:
-        has = {name for name, value in inputs.items() if value is not None and value[i] is not None}
-        if "audio" in has:
-            return "audio-to-text"
-        visual = "video" if has & {"video", "video_features"} else "image" if "image" in has else None
-        if visual:
-            return f"{visual}-text-to-audio" if "text" in has else f"{visual}-to-audio"
-        if "text" in has:
-            return "text-to-audio"
-        raise ValueError(f"Example {i} has no input to condition on; pass text, audio, videos or images.")
+        """The first task of `TASKS` that takes exactly the example's inputs (video alone: video-to-audio)."""
+        given = _given({name: value[i] for name, value in inputs.items() if value is not None})
+        kinds = {kind for kind, names in INPUT_ARGUMENTS.items() if given & set(names)}
+        if not kinds:
+            raise ValueError(f"Example {i} has no input to condition on; pass text, audio, videos or images.")
+        for task in TASKS.values():
+            if set(task.inputs) == kinds:
+                return task.name
+        raise ValueError(f"No task takes the inputs {sorted(given)} of example {i} together; pass `task`.")
 
     def _text_ids(self, text: Any, what: str) -> list[int]:
         if not isinstance(text, str) or not text.strip():
@@ -250,35 +301,30 @@ class C3LLMProcessor(ProcessorMixin):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _prompt(
-        self, task: str, example: dict[str, Any], features: dict[str, list], sampling_rate: int | None, fps: float | None
+        self, row: Task, example: dict[str, Any], features: dict[str, list], sampling_rate: int | None, fps: float | None
     ) -> list[int]:
-        needs, output = TASKS[task]
+        """The prompt of an example whose inputs `check_task_inputs` accepted for its task `row`."""
+        task, needs, output = row.name, row.inputs, row.output
         ids = self.token_ids
         prompt = self._bos()
         if "audio" in needs:
-            if example["audio"] is None:
-                raise ValueError(f"Task {task!r} needs `audio`.")
             features["audio"].append(self._load_audio(example["audio"], sampling_rate))
             prompt += [ids["audio_start"]] + [ids["audio_feature"]] * self.num_audio_tokens + [ids["audio_end"]]
         if "video" in needs:
-            frames = self._add_video(example, features, fps, task)
+            frames = self._add_video(example, features, fps)
             prompt += [ids["video_start"]] + [ids["video_frame"]] * frames + [ids["video_end"]]
         if "image" in needs:
-            if example["image"] is None:
-                raise ValueError(f"Task {task!r} needs `images`.")
             features["image"].append(load_image(example["image"]))
             prompt += [ids["image_start"]] + [ids["image_patch"]] * self.num_image_tokens + [ids["image_end"]]
         if "text" in needs:
             prompt += self._text_ids(example["text"], f"text prompt of a {task} example")
-        elif example["text"] is not None:
-            raise ValueError(f"Task {task!r} takes no text prompt; use the '-text-' variant of the task.")
         if output == "audio":
             prompt.append(ids["audio_start"])
         else:
-            prompt += self._text_ids(self.task_prompts[task], f"task prompt of {task}")
+            prompt += self._text_ids(self.task_prompts.get(task, row.prompt), f"task prompt of {task}")
         return prompt
 
-    def _add_video(self, example: dict[str, Any], features: dict[str, list], fps: float | None, task: str) -> int:
+    def _add_video(self, example: dict[str, Any], features: dict[str, list], fps: float | None) -> int:
         if example["video_features"] is not None:
             array = example["video_features"]
             array = np.asarray(array.detach().cpu().float() if hasattr(array, "detach") else array, dtype=np.float32)
@@ -291,8 +337,6 @@ class C3LLMProcessor(ProcessorMixin):
                 raise ValueError("video_features contain NaN or inf values.")
             features["video_features"].append(array[: self.video_num_frames])
             return min(len(array), self.video_num_frames)
-        if example["video"] is None:
-            raise ValueError(f"Task {task!r} needs `videos` or `video_features`.")
         video = example["video"]
         if _is_path(video):
             frames, source_fps = load_video(video)
@@ -308,8 +352,8 @@ class C3LLMProcessor(ProcessorMixin):
         # Deterministic head crop: CLAP's own truncation picks a random window.
         return waveform[: self.feature_extractor.nb_max_samples]
 
-    def _target(self, task: str, text_target: Any, audio_codes: Any) -> tuple[list[int], np.ndarray | None]:
-        output = TASKS[task][1]
+    def _target(self, row: Task, text_target: Any, audio_codes: Any) -> tuple[list[int], np.ndarray | None]:
+        task, output = row.name, row.output
         if output == "text":
             if audio_codes is not None:
                 raise ValueError(f"Task {task!r} produces text; give `text_target`, not `audio_codes`.")
@@ -471,4 +515,4 @@ class C3LLMProcessor(ProcessorMixin):
 
 
 
-__all__ = ["C3LLMProcessor", "TASKS", "MediaError"]
+__all__ = ["C3LLMProcessor", "INPUT_ARGUMENTS", "TASKS", "MediaError", "SPECIAL_TOKENS", "Task", "check_task_inputs"]

@@ -192,7 +192,7 @@ def test_generate_video_to_audio_from_precomputed_features(model_dir, tmp_path):
 )  # fmt: skip
 def test_generate_missing_input_names_the_flag(model_dir, tmp_path, task, flag):
     args = ["--text", "hello"] if task == "image-text-to-audio" else []
-    out = tmp_path / ("out.txt" if TASKS[task][1] == "text" else "out.wav")
+    out = tmp_path / ("out.txt" if TASKS[task].output == "text" else "out.wav")
     result = run_cli("generate", "--model", model_dir, "--task", task, *args, "--out", out)
     assert_usage_error(result, "c3llm: error:", flag)
     assert not out.exists()
@@ -236,9 +236,10 @@ def test_tour_runs_every_task(tmp_path):
     result = run_cli("tour", "--out", out, "--seconds", 0.5)
     assert result.returncode == 0, result.stderr
     outputs = sorted(p.name for p in (out / "outputs").iterdir())
-    expected = sorted(f"{task}.{'wav' if kind == 'audio' else 'txt'}" for task, (_, kind) in TASKS.items())
+    expected = sorted(f"{task}.{'wav' if row.output == 'audio' else 'txt'}" for task, row in TASKS.items())
     assert outputs == expected and len(outputs) == 7
-    for task, (_, kind) in TASKS.items():
+    for task, row in TASKS.items():
+        kind = row.output
         assert re.search(rf"^{re.escape(task)}\s+\S+{re.escape(task)}\.(wav|txt)\s+\S", result.stdout, re.M), task
         if kind == "audio":
             audio, rate = sf.read(out / "outputs" / f"{task}.wav")
@@ -258,3 +259,28 @@ def test_tour_refuses_a_foreign_non_empty_folder(tmp_path):
     result = run_cli("tour", "--out", tmp_path)
     assert_usage_error(result, "c3llm: error:", "not empty")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_new_task_row_is_picked_up(monkeypatch, tiny, media, capsys):
+    """A task over existing inputs is one row of `TASKS`: the processor, the CLI's flags and help, the collator and
+    the model card follow it."""
+    from c3llm.cli import build_parser, validate_inputs
+    from c3llm.data.collator import example_to_inputs
+    from c3llm.loading import CLIError
+    from conversion.model_card import task_example
+    from processing_c3llm.processing_c3llm import Task
+
+    row = Task("image-to-caption", ("image",), "text", "What an image sounds like.", "Describe what you would hear.")
+    monkeypatch.setitem(TASKS, row.name, row)
+    image = str(media / "image.png")
+    batch = tiny[1](images=image, task=row.name, text_target="a bell")
+    assert "pixel_values" in batch and (batch["labels"] != -100).sum() > 0
+    example = example_to_inputs({"id": "a", "task": row.name, "image_path": image, "caption": "a bell"})
+    assert example == {"task": row.name, "images": image, "text_target": "a bell"}
+    validate_inputs(row.name, {"images": Path(image)})
+    with pytest.raises(CLIError, match="needs --image"):
+        validate_inputs(row.name, {"text": "a bell"})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    assert re.search(r"image-to-caption\s+--image\s+-> text", capsys.readouterr().out)
+    assert f'processor(images="photo.png", task="{row.name}")' in task_example(row)[2]

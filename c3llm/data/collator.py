@@ -8,33 +8,62 @@ from typing import Any
 import numpy as np
 from transformers import BatchFeature
 
-from processing_c3llm.processing_c3llm import TASKS, C3LLMProcessor
+from processing_c3llm.processing_c3llm import TASKS, C3LLMProcessor, Task
+
+
+def _description(example: dict[str, Any]) -> str | None:
+    return example.get("caption") or example.get("label")  # VGGSound/VAS describe a clip by its label
+
+
+def _video(example: dict[str, Any]) -> dict[str, Any]:
+    if example.get("video_features") is not None:  # precomputed by `add_video_features`
+        return {"video_features": np.asarray(example["video_features"], dtype=np.float32)}
+    return {"videos": example.get("video_path")}
+
+
+# Where a dataset example keeps each input kind of `TASKS`: kind -> (example -> {processor argument: value}).
+INPUT_COLUMNS = {
+    "text": lambda example: {"text": example.get("prompt") or _description(example)},
+    "audio": lambda example: {"audio": example.get("audio_path")},
+    "video": _video,
+    "image": lambda example: {"images": next((example[c] for c in ("image", "image_path") if example.get(c) is not None), None)},
+}  # fmt: skip
+
+
+def task_of(example: dict[str, Any], task: str | None = None) -> Task:
+    """The `TASKS` row of `task`, or of the example's own `task` column."""
+    task = task or example.get("task")
+    if task not in TASKS:
+        raise ValueError(f"Example {example.get('id')!r} has unknown task {task!r}; choose one of {sorted(TASKS)}.")
+    return TASKS[task]
+
+
+def example_inputs(example: dict[str, Any], task: str | None = None) -> dict[str, Any]:
+    """One dataset example (see `c3llm.data.datasets`) -> the processor arguments of `task` (default: its own), with
+    the task but without a target: what generation and evaluation feed the processor."""
+    row = task_of(example, task)
+    inputs: dict[str, Any] = {"task": row.name}
+    for kind in row.inputs:
+        inputs.update(INPUT_COLUMNS[kind](example))
+    return inputs
+
+
+def batch_inputs(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-example processor arguments (from `example_inputs` or `example_to_inputs`) -> one batch of arguments:
+    a list per argument with `None` where an example lacks it, and `task` as the list of the examples' tasks."""
+    keys = sorted({key for row in rows for key in row} - {"task"})
+    return {"task": [row["task"] for row in rows], **{key: [row.get(key) for row in rows] for key in keys}}
 
 
 def example_to_inputs(example: dict[str, Any]) -> dict[str, Any]:
-    """One dataset example (see `datasets_c3llm`) -> the processor arguments of its `task`, with its target."""
-    task = example.get("task")
-    if task not in TASKS:
-        raise ValueError(f"Example {example.get('id')!r} has unknown task {task!r}; choose one of {sorted(TASKS)}.")
-    needs, output = TASKS[task]
-    description = example.get("caption") or example.get("label")  # VGGSound/VAS describe a clip by its label
-    inputs: dict[str, Any] = {"task": task}
-    if "text" in needs:
-        inputs["text"] = example.get("prompt") or description
-    if "audio" in needs:
-        inputs["audio"] = example.get("audio_path")
-    if "video" in needs:
-        if example.get("video_features") is not None:
-            inputs["video_features"] = np.asarray(example["video_features"], dtype=np.float32)
-        else:
-            inputs["videos"] = example.get("video_path")
-    if "image" in needs:
-        inputs["images"] = example.get("image") if example.get("image") is not None else example.get("image_path")
-    if output == "text":
-        inputs["text_target"] = description
+    """One dataset example (see `c3llm.data.datasets`) -> the processor arguments of its `task`, with its target."""
+    row = task_of(example)
+    inputs = example_inputs(example)
+    if row.output == "text":
+        inputs["text_target"] = _description(example)
     else:
         if example.get("audio_codes") is None:
-            raise ValueError(f"Example {example.get('id')!r} ({task}) has no `audio_codes`; run add_audio_codes first.")
+            raise ValueError(f"Example {example.get('id')!r} ({row.name}) has no `audio_codes`; run add_audio_codes first.")
         inputs["audio_codes"] = np.asarray(example["audio_codes"], dtype=np.int64)
     return inputs
 
@@ -61,14 +90,12 @@ class C3LLMDataCollator:
         self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, examples: list[dict[str, Any]]) -> BatchFeature:
-        rows = [example_to_inputs(example) for example in examples]
-        keys = sorted({key for row in rows for key in row} - {"task"})
-        columns = {key: [row.get(key) for row in rows] for key in keys}
+        columns = batch_inputs([example_to_inputs(example) for example in examples])
         drop = None
         if self.condition_dropout > 0:
-            audio_output = [TASKS[row["task"]][1] == "audio" for row in rows]
+            audio_output = [TASKS[task].output == "audio" for task in columns["task"]]
             drop = [bool(out and self._rng.random() < self.condition_dropout) for out in audio_output]
-        return self.processor(task=[row["task"] for row in rows], return_tensors="pt", drop_condition=drop, **columns)
+        return self.processor(return_tensors="pt", drop_condition=drop, **columns)
 
 
 def with_tasks(dataset, tasks: list[str]):
@@ -86,4 +113,4 @@ def with_tasks(dataset, tasks: list[str]):
     return dataset.map(expand, batched=True, remove_columns=[c for c in ["task"] if c in (dataset.column_names or [])])
 
 
-__all__ = ["C3LLMDataCollator", "example_to_inputs", "with_tasks"]
+__all__ = ["C3LLMDataCollator", "batch_inputs", "example_inputs", "example_to_inputs", "task_of", "with_tasks"]
