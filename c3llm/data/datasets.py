@@ -21,7 +21,6 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from math import gcd
 from typing import Any
 
 import av
@@ -30,9 +29,8 @@ import numpy as np
 import soundfile as sf
 import torch
 from datasets import Dataset, Features, IterableDataset, List, Value
-from scipy.signal import resample_poly
 
-from processing_c3llm.media_c3llm import MediaError, load_audio, write_text
+from processing_c3llm.media_c3llm import MediaError, load_audio, resample, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +125,7 @@ def load_video_audio(path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     waveform = np.concatenate(chunks, axis=-1).astype(np.float64).mean(axis=0)
     if not np.isfinite(waveform).all():
         raise MediaError(f"The audio of '{path}' contains NaN or infinite values.")
-    if rate != sampling_rate:
-        factor = gcd(int(rate), int(sampling_rate))
-        waveform = resample_poly(waveform, int(sampling_rate) // factor, int(rate) // factor)
+    waveform = resample(waveform, rate, sampling_rate)
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
@@ -478,10 +474,9 @@ def _audio_codes(example: dict, model: Any, processor: Any, max_samples: int | N
 
 
 def _clap_inputs(example: dict, processor: Any) -> dict:
-    extractor = processor.feature_extractor
-    # Deterministic head crop, as the processor does (CLAP's own truncation picks a random window).
-    waveform = _load_source_audio(example["audio_path"], example["video_path"], extractor.sampling_rate)
-    clap = extractor([waveform[: extractor.nb_max_samples]], sampling_rate=extractor.sampling_rate, return_tensors="np")
+    rate = processor.feature_extractor.sampling_rate
+    waveform = _load_source_audio(example["audio_path"], example["video_path"], rate)
+    clap = processor(audio=[waveform], sampling_rate=rate, task="audio-to-text", return_tensors="np")
     return {
         "input_features": np.asarray(clap["input_features"][0], dtype=np.float32),
         "is_longer": [bool(v) for v in np.asarray(clap["is_longer"][0]).reshape(-1)],
@@ -489,15 +484,13 @@ def _clap_inputs(example: dict, processor: Any) -> dict:
 
 
 def compute_video_features(model: Any, inputs: Any) -> torch.Tensor:
-    """Raw per-frame features `(frames, video_feature_size)` of one processed clip: the vision encoder's pooled
-    RGB and optical-flow features, concatenated (what `get_video_features` projects)."""
+    """Raw per-frame features `(frames, video_feature_size)` of one processed clip, from the model's own
+    `encode_video_frames` (the vision encoder's pooled RGB and optical-flow features, concatenated: what
+    `get_video_features` projects), over the clip's real frames only."""
     mask = inputs["video_frames_mask"][0].bool()
-    encoder = model.vision_encoder
-    weight = next(encoder.parameters())
-    with torch.no_grad():
-        rgb = encoder(pixel_values=inputs["pixel_values_videos"][0][mask].to(weight.device, weight.dtype))
-        flow = encoder(pixel_values=inputs["flow_values_videos"][0][mask].to(weight.device, weight.dtype))
-    return torch.cat([rgb.pooler_output, flow.pooler_output], dim=-1)
+    weight = next(model.vision_encoder.parameters())
+    frames = [inputs[name][0][mask][None].to(weight.device, weight.dtype) for name in ("pixel_values_videos", "flow_values_videos")]
+    return model.encode_video_frames(*frames)[0]
 
 
 def _video_features(example: dict, model: Any, processor: Any, dtype: str) -> dict:

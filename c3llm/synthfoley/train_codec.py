@@ -47,8 +47,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -57,6 +55,9 @@ import numpy as np
 import torch
 from transformers import EncodecModel
 from transformers.audio_utils import mel_filter_bank
+
+from conversion.build_c3llm import atomic_folder
+from processing_c3llm.media_c3llm import atomic_path
 
 from .codec_model import (
     HOP_LENGTH,
@@ -260,29 +261,10 @@ def evaluate(
 
 
 def save_atomic(model: EncodecModel, out: str | os.PathLike) -> Path:
-    """`save_pretrained` (safetensors) into a temporary sibling folder, then swaps it in for `out` with os.replace."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for file in tmp.iterdir():
-            os.chmod(file, 0o644)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists() and (old / out.name).exists():
-            os.replace(old / out.name, out)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return out
+    """`save_pretrained` (safetensors) into a temporary sibling folder, then swapped in for `out` (`atomic_folder`)."""
+    with atomic_folder(out, replace=True) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+    return Path(out)
 
 
 def folder_size(path: str | os.PathLike) -> int:
@@ -427,10 +409,8 @@ def _train(
             "trainer_rng": trainer.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "data_rng": data_rng.bit_generator.state,
         }
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, state_path)
+        with atomic_path(state_path, suffix=".tmp") as tmp:
+            torch.save(state, tmp)
 
     start = time.monotonic() - previous_seconds
     bar = tqdm(total=None if budget else steps, initial=step, desc="train codec", unit="step",
