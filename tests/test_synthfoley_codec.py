@@ -14,7 +14,7 @@ from c3llm.synthfoley import event_detector
 from c3llm.synthfoley.synthfoley import make_clip
 
 
-CODEC = Path(__file__).resolve().parents[1] / "conversion" / "synthfoley_codec"
+CODEC = Path(__file__).resolve().parents[1] / "c3llm" / "synthfoley" / "codec"
 SR = 24000
 
 

@@ -33,7 +33,7 @@ from c3llm.data.collator import C3LLMDataCollator
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "modeling_c3llm" / "recipes"
+RECIPES = ROOT / "c3llm" / "recipes"
 TRAINABLE_MARKERS = ("lora_", "trainable_tokens_delta", "modules_to_save")
 
 
