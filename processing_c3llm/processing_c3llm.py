@@ -200,6 +200,7 @@ class C3LLMProcessor(ProcessorMixin):
         text_target: str | list[str] | None = None,
         audio_codes: Any = None,
         drop_condition: bool | list[bool] | None = None,
+        negative_prompt: str | list[str | None] | None = None,
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
@@ -220,6 +221,9 @@ class C3LLMProcessor(ProcessorMixin):
                 `C3LLMForConditionalGeneration.encode_audio`.
             drop_condition: For audio-output examples: `True` replaces the prompt by `unconditional_prompt()` (the
                 condition dropout that classifier-free guidance trains with); one flag, or one per example.
+            negative_prompt: Text that classifier-free guidance steers audio away from (`generate(guidance_scale=...)`),
+                one for all examples or one per example (`None`: the unconditional prompt). Adds
+                `negative_prompt_ids` and `negative_prompt_attention_mask`; see `_negative_prompt`.
         """
         if kwargs:
             logger.debug("C3LLMProcessor ignores %s", sorted(kwargs))
@@ -253,6 +257,12 @@ class C3LLMProcessor(ProcessorMixin):
         drop = [bool(drop_condition)] * batch_size if not isinstance(drop_condition, (list, tuple)) else drop_condition
         if len(drop) != batch_size:
             raise ValueError(f"Got {len(drop)} drop_condition flags for a batch of {batch_size}.")
+        negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else negative_prompt
+        if negatives is not None and len(negatives) != batch_size:
+            raise ValueError(f"Got {len(negatives)} negative prompts for a batch of {batch_size}.")
+        if negatives is not None and any(drop):
+            raise ValueError("negative_prompt is for generation and drop_condition for training; pass one of them.")
+        negative_sequences: list[list[int]] = []
 
         features: dict[str, list] = {"audio": [], "video": [], "video_features": [], "image": []}
         sequences, labels, codes = [], [], []
@@ -268,18 +278,37 @@ class C3LLMProcessor(ProcessorMixin):
             sequences.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
             codes.append(example_codes)
+            if negatives is not None:
+                negative_sequences.append(self._negative_prompt(row, prompt, example["text"], negatives[i]))
 
         has_targets = [bool(label_row) and any(t != -100 for t in label_row) for label_row in labels]
         if any(has_targets) and not all(has_targets):
             raise ValueError("Give a target (text_target or audio_codes) for every example of a training batch, or none.")
         data = self._pad(sequences, labels if any(has_targets) else None, codes)
         data.update(self._encode_features(features))
+        if negatives is not None:
+            negative = self._pad(negative_sequences, None, [None] * batch_size)
+            data["negative_prompt_ids"] = negative["input_ids"]
+            data["negative_prompt_attention_mask"] = negative["attention_mask"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def unconditional_prompt(self) -> list[int]:
         """The prompt of an audio output without any condition, `<bos><Audio>`: what classifier-free guidance
         contrasts the conditioned prompt with (`C3LLMForConditionalGeneration.generate(guidance_scale=...)`)."""
         return self._bos() + [self.token_ids["audio_start"]]
+
+    def _negative_prompt(self, row: Task, prompt: list[int], text: str | None, negative: str | None) -> list[int]:
+        """The negative prompt of an audio-output example: its `prompt` with the `negative` text in place of its text,
+        which for a task without text is the prompt of its text-bearing variant (video-to-audio: video-text-to-audio)
+        with the same media. `None`: the unconditional prompt, as guidance uses without negative prompts."""
+        if row.output != "audio":
+            raise ValueError(f"negative_prompt applies to audio-output tasks only, not to {row.name!r}.")
+        if negative is None:
+            return self.unconditional_prompt()
+        # An audio task's prompt ends with its text, when it takes one, and <Audio>.
+        text_length = len(self._text_ids(text, "text prompt")) if "text" in row.inputs else 0
+        kept = prompt[: len(prompt) - 1 - text_length]
+        return kept + self._text_ids(negative, "negative prompt") + [self.token_ids["audio_start"]]
 
     def _bos(self) -> list[int]:
         return [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
@@ -512,7 +541,6 @@ class C3LLMProcessor(ProcessorMixin):
         if argument_name == "image_processor" and isinstance(argument, DeferredImageProcessor):
             return DeferredImageProcessor
         return super().check_argument_for_proper_class(argument_name, argument)
-
 
 
 __all__ = ["C3LLMProcessor", "INPUT_ARGUMENTS", "TASKS", "MediaError", "SPECIAL_TOKENS", "Task", "check_task_inputs"]
