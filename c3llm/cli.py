@@ -64,34 +64,24 @@ def _quiet_libraries() -> None:
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------------------
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not np.isfinite(number) or number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value!r}")
-    return number
+def _number_type(convert, valid, kind: str, rule: str):
+    """An argparse `type` that converts a value with `convert` and accepts it when `valid`."""
+
+    def parse(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {value!r}") from None
+        if not valid(number):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {value!r}")
-    return number
+_positive_float = _number_type(float, lambda x: np.isfinite(x) and x > 0, "a number", "a positive number")
+_positive_int = _number_type(int, lambda x: x > 0, "an integer", "a positive integer")
+_non_negative_int = _number_type(int, lambda x: x >= 0, "an integer", "zero or a positive integer")
 
 
 def _check_empty_dir(path: Path, flag: str) -> None:
@@ -253,19 +243,9 @@ def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     inputs = {argument: getattr(args, argument) for argument in FLAGS}
     validate_inputs(args.task, inputs)  # before the (slow) model load
     model, processor = load_model(args.model)
-    result = run_task(
-        model,
-        processor,
-        args.task,
-        inputs,
-        args.out,
-        seconds=args.seconds,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        greedy=args.greedy,
-        temperature=args.temperature,
-        top_k=args.top_k,
-    )
+    result = run_task(model, processor, args.task, inputs, args.out, seconds=args.seconds,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, greedy=args.greedy,
+                      temperature=args.temperature, top_k=args.top_k)  # fmt: skip
     print(f"{result.task}: wrote {result.output} ({result.describe()})")
     return 0
 

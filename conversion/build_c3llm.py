@@ -277,18 +277,11 @@ def tiny_tokenizer(words: tuple[str, ...] = ()) -> GemmaTokenizer:
 
 
 def tiny_config(
-    text_vocab_size: int,
-    num_codebooks: int = 2,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    num_heads: int = 2,
-    intermediate_size: int | None = None,
-    max_position_embeddings: int = 1024,
-    codec_config: EncodecConfig | dict | None = None,
-    video_fps: float = 5.0,
-    video_num_frames: int = 10,
+    text_vocab_size: int, num_codebooks: int = 2, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
+    intermediate_size: int | None = None, max_position_embeddings: int = 1024,
+    codec_config: EncodecConfig | dict | None = None, video_fps: float = 5.0, video_num_frames: int = 10,
     max_audio_seconds: float = 2.0,
-) -> C3LLMConfig:
+) -> C3LLMConfig:  # fmt: skip
     """A small but complete configuration: every part is real, only narrow and shallow. The defaults are the tiny
     random model of `c3llm build --tiny`; the demo widens the LLM and plugs in its trained codec. The NAR head has
     the LLM's width and heads; the LLM's MLP is `intermediate_size` wide (default twice the width)."""
@@ -329,16 +322,10 @@ def tiny_config(
         dropout=0.0,
     )  # fmt: skip
     return C3LLMConfig(
-        text_config=text,
-        codec_config=codec_config,
-        audio_config=audio,
-        vision_config=vision,
-        nar_config=nar,
-        num_codebooks=num_codebooks,
-        video_fps=video_fps,
-        video_num_frames=video_num_frames,
+        text_config=text, codec_config=codec_config, audio_config=audio, vision_config=vision, nar_config=nar,
+        num_codebooks=num_codebooks, video_fps=video_fps, video_num_frames=video_num_frames,
         max_audio_seconds=max_audio_seconds,
-    )
+    )  # fmt: skip
 
 
 def tiny_processor_parts(config: C3LLMConfig) -> tuple[ClapFeatureExtractor, EncodecFeatureExtractor, CLIPImageProcessorPil]:
