@@ -120,7 +120,8 @@ class C3LLMGenerationMixin(GenerationMixin):
     - its ordinary fields are the audio defaults: `do_sample=True` with `top_k` (MusicGen's 250, at most the codebook
       size), `max_new_tokens` = `config.max_audio_seconds` of frames (audio runs until `</Audio>` or that), and
       `guidance_scale` (unset by default: classifier-free guidance only helps a model trained with condition dropout;
-      set it, e.g. to 3.0 as MusicGen, on such a model before saving it);
+      set it, e.g. to 3.0 as MusicGen, on such a model before saving it), and `audio_length_in_s` (unset by default:
+      an exact length for every clip, as a trained model whose clips all have one length may set);
     - `text_defaults`, a dict, replaces some of them for text outputs: `{"do_sample": False, "max_new_tokens": 32}`
       (greedy unless the caller asks for sampling, which then uses the fields above). `guidance_scale` never applies
       to text.
@@ -267,7 +268,8 @@ class C3LLMGenerationMixin(GenerationMixin):
         come from `generation_config` per output kind (see [`C3LLMGenerationMixin`]); keywords override them.
 
         audio_length_in_s (`float`, *optional*):
-            Exact length of the generated audio. Without it, audio runs until `</Audio>` or `max_new_tokens` frames.
+            Exact length of the generated audio (default: `generation_config.audio_length_in_s`, unless the caller sets
+            `max_new_tokens`). Without one, audio runs until `</Audio>` or `max_new_tokens` frames.
         guidance_scale (`float`, *optional*):
             Classifier-free guidance for audio outputs, as in MusicGen: each step's log-probabilities become
             `neg + guidance_scale * (cond - neg)`, `neg` after the negative prompt. 1: off.
@@ -292,6 +294,8 @@ class C3LLMGenerationMixin(GenerationMixin):
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
             kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
         if output_audio:
+            if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens"):
+                audio_length_in_s = self._generation_setting(kwargs, "audio_length_in_s")
             kwargs.update(self._audio_length_kwargs(audio_length_in_s, kwargs))
             kwargs["eos_token_id"] = config.audio_end_token_id
             kwargs["audio_logits_only"] = True

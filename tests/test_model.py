@@ -382,6 +382,14 @@ def test_generation_config_defaults_round_trip_and_yield_to_keywords(tiny_folder
     old.config.max_audio_seconds = 3 / old.config.frame_rate  # folders without max_new_tokens: max_audio_seconds
     assert old.generate(**inputs).sequences.shape[1] <= inputs["input_ids"].shape[1] + 3
 
+    model.generation_config.audio_length_in_s = 0.1  # an exact length by default, as the demo's model ships it
+    out = model.generate(**inputs)
+    assert out.audio.shape[-1] == int(0.1 * model.config.sampling_rate) and out.audio_codes.shape[-1] == 8
+    assert model.generate(**inputs, audio_length_in_s=0.05).audio.shape[-1] == int(0.05 * model.config.sampling_rate)
+    assert model.generate(**inputs, max_new_tokens=2).sequences.shape[1] <= inputs["input_ids"].shape[1] + 2
+    model.save_pretrained(tmp_path / "sized")
+    assert AutoModel.from_pretrained(tmp_path / "sized").generation_config.audio_length_in_s == 0.1
+
 
 def test_audio_generation_computes_only_the_audio_logits(tiny):
     """Audio steps compute the acoustic and </Audio> logits only (equal to the full head's), the rest is -inf; the
