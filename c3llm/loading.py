@@ -21,6 +21,9 @@ def load_model(source: str | os.PathLike):
     import processing_c3llm  # noqa: F401  (registers AutoProcessor)
 
     path = Path(source)
+    if not path.exists() and (path.is_absolute() or str(source).startswith(".") or str(source).count("/") > 1):
+        raise CLIError(f"--model {source} is neither a folder nor a Hub repository id (org/name); build a folder with "
+                       f"`c3llm build --tiny --out {source}`.")
     if path.exists():
         if not path.is_dir():
             raise CLIError(f"--model {path} is not a folder; build one with `c3llm build --tiny --out {path}`.")
@@ -30,7 +33,7 @@ def load_model(source: str | os.PathLike):
         model = AutoModel.from_pretrained(source)
         processor = AutoProcessor.from_pretrained(source)
     except SafetensorError as e:
-        raise CLIError(f"the weights of {source} are corrupt or truncated ({e}); download or save them again.") from e
+        raise CLIError(f"--model {source}: the weights are corrupt or truncated ({e}); download or save them again.") from e
     except (OSError, ValueError, KeyError) as e:
         if path.exists():
             where = f"folder {source}"
@@ -38,5 +41,5 @@ def load_model(source: str | os.PathLike):
             offline = " (HF_HUB_OFFLINE is set: unset it to download, or pass a local folder)" if constants.HF_HUB_OFFLINE else ""
             where = f"Hub repository {source}{offline}"
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"could not load the model from the {where}: {message}") from e
+        raise CLIError(f"--model: could not load the model from the {where}: {message}") from e
     return model.eval(), processor
