@@ -17,13 +17,30 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import EncodecModel
+from transformers import EncodecModel, GenerationConfig
 
+from c3llm.data import datasets as data
+from c3llm.data.collator import with_tasks
+from c3llm.synthfoley.event_detector import event_classes, onsets
+from c3llm.synthfoley.synthfoley import parse_caption, write_synthfoley
 from conversion.build_c3llm import build_tiny, save_folder
+from processing_c3llm.media_c3llm import (
+    atomic_path,
+    load_audio,
+    load_video,
+    write_text,
+    write_wav,
+)
 from processing_c3llm.processing_c3llm import TASKS
 
 from .data.registry import DATASETS
 from .evaluation import EvalSettings, generate_outputs, load_split
+from .training import (
+    C3LLMTrainingArguments,
+    DataArguments,
+    ModelArguments,
+    run_training,
+)
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
 # The demo trains every task of `TASKS` on SynthFoley and measures these three.
@@ -53,6 +70,8 @@ class DemoSettings:
     # Chosen on 100 validation clips of another seed, not the demo's test clips: 1.5, 2 and 2.5 gave text-to-audio
     # 70 / 70 / 78 % and video-to-audio onset precision 63 / 64 / 59 % (stronger guidance adds onsets).
     guidance_scale: float = 2.0
+    top_k: int = 20  # audio sampling
+    caption_tokens: int = 24  # the longest caption (greedy)
     hidden_size: int = 128
     layers: int = 4
     seed: int = 0
@@ -77,7 +96,6 @@ def demo_model(settings: DemoSettings):
 
 def key_frame(video_path: str) -> np.ndarray:
     """One picture of a clip for the image tasks: the brightest value of every pixel over the clip."""
-    from processing_c3llm.media_c3llm import load_video
 
     frames, _ = load_video(video_path)
     return frames.max(axis=0)
@@ -101,8 +119,6 @@ def add_images(dataset, folder: Path):
 def write_demo_data(root: Path, settings: DemoSettings) -> None:
     """Writes the demo's SynthFoley under `root`, unless `root` already holds the clips of the same settings
     (recorded in `root/synthfoley.json`); data written with other settings is replaced."""
-    from c3llm.synthfoley.synthfoley import write_synthfoley
-    from processing_c3llm.media_c3llm import write_text
 
     wanted = {"train": settings.train_clips, "video_train": settings.video_clips, "test": settings.test_clips,
               "seed": settings.seed}
@@ -118,9 +134,6 @@ def write_demo_data(root: Path, settings: DemoSettings) -> None:
 def prepare_data(root: Path, model, processor, settings: DemoSettings):
     """SynthFoley on disk, read back by the real loaders, preprocessed, one row per (clip, task)."""
     from datasets import concatenate_datasets
-
-    from c3llm.data import datasets as data
-    from c3llm.data.collator import with_tasks
 
     write_demo_data(root, settings)
     # Every task: those without visual input on the AudioCaps layout, the others on the VGGSound layout.
@@ -150,12 +163,6 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
 
 def train(model_dir: Path, dataset, out: Path, settings: DemoSettings) -> dict[str, Any]:
     """One full training run (the tiny backbone starts random, so all of it trains: stage 0)."""
-    from .training import (
-        C3LLMTrainingArguments,
-        DataArguments,
-        ModelArguments,
-        run_training,
-    )
 
     args = C3LLMTrainingArguments(
         output_dir=str(out), max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
@@ -168,20 +175,31 @@ def train(model_dir: Path, dataset, out: Path, settings: DemoSettings) -> dict[s
                         train_dataset=dataset)
 
 
+def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
+    """Writes the demo's tuned sampling into the trained model's `generation_config.json`, so that
+    `generate(**inputs)` on it, with no arguments, samples as the demo's evaluation does."""
+
+    config = GenerationConfig.from_pretrained(folder)
+    config.update(do_sample=True, top_k=settings.top_k, guidance_scale=settings.guidance_scale,
+                  audio_length_in_s=settings.clip_seconds,
+                  text_defaults={"do_sample": False, "max_new_tokens": settings.caption_tokens})
+    with atomic_path(folder / "generation_config.json") as tmp_path:
+        config.to_json_file(tmp_path)
+
+
 def evaluate(model, processor, root: Path, report: Path, guidance_scale: float | None = None,
-             batch_size: int = 8) -> dict[str, Any]:
+             batch_size: int = 8, settings: DemoSettings | None = None) -> dict[str, Any]:
     """Held-out SynthFoley, generated through `c3llm eval`'s functions: captions (greedy) name the right classes;
     generated audio (sampled with classifier-free guidance `guidance_scale`) holds the requested classes and its
     onsets sit on the visual onsets (0.1 s)."""
-    from c3llm.synthfoley.event_detector import event_classes, onsets
-    from c3llm.synthfoley.synthfoley import parse_caption
-    from processing_c3llm.media_c3llm import write_wav
 
-    base = EvalSettings(dataset="synthfoley", data_dir=str(root), split="test", batch_size=batch_size, seconds=2.0)
+    demo = settings or DemoSettings()
+    base = EvalSettings(dataset="synthfoley", data_dir=str(root), split="test", batch_size=batch_size,
+                        seconds=demo.clip_seconds)
     settings = {
-        "audio-to-text": replace(base, max_new_tokens=24, do_sample=False),
-        "text-to-audio": replace(base, top_k=20, guidance_scale=guidance_scale),
-        "video-to-audio": replace(base, top_k=20, guidance_scale=guidance_scale),
+        "audio-to-text": replace(base, max_new_tokens=demo.caption_tokens, do_sample=False),
+        "text-to-audio": replace(base, top_k=demo.top_k, guidance_scale=guidance_scale),
+        "video-to-audio": replace(base, top_k=demo.top_k, guidance_scale=guidance_scale),
     }
     splits = {task: load_split(settings[task], task) for task in MEASURED_TASKS}
     sidecar = json.loads((root / "vggsound" / "synthfoley_test.json").read_text())
@@ -264,7 +282,6 @@ def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, p
 
 
 def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int) -> None:
-    from processing_c3llm.media_c3llm import load_audio, write_text
 
     report = out / "report"
     state = json.loads((out / "training" / "trainer_state.json").read_text())
@@ -297,9 +314,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> di
 
     from transformers import AutoModel, AutoProcessor
 
+    ship_generation_defaults(Path(train_metrics["merged_path"]), settings)
     trained = AutoModel.from_pretrained(train_metrics["merged_path"]).eval()
     trained_processor = AutoProcessor.from_pretrained(train_metrics["merged_path"])
-    results = evaluate(trained, trained_processor, out / "data", out / "report", settings.guidance_scale)
+    results = evaluate(trained, trained_processor, out / "data", out / "report", settings.guidance_scale,
+                       settings=settings)
     write_report(results, train_metrics, out, trained.config.sampling_rate)
     metrics = results["metrics"]
     minutes = (time.time() - started) / 60

@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from c3llm.data.datasets import _load_source_audio
+from conversion.model_card import update_model_index
 from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import TASKS
 
 from .data import registry
 from .data.collator import batch_inputs, example_inputs
+from .loading import CLIError, load_model
 from .metrics import audio_generation as gen_metrics
 from .metrics.audio_models import AudioClassifier, AudioEmbedder, ClapScorer
 from .metrics.captioning import (
@@ -84,7 +87,6 @@ def _batches(rows: list, size: int):
 
 
 def _reference_audio(row: dict, rate: int) -> np.ndarray:
-    from c3llm.data.datasets import _load_source_audio
 
     return _load_source_audio(row["audio_path"], row["video_path"], rate)
 
@@ -324,7 +326,6 @@ def add_eval_parser(commands, formatter_class) -> None:
 
 
 def cmd_eval(args, parser) -> int:
-    from .loading import CLIError, load_model
 
     for flag in ("max_clips", "batch_size", "max_new_tokens", "inception_splits", "top_k", "guidance_scale"):
         value = getattr(args, flag)
@@ -351,7 +352,6 @@ def cmd_eval(args, parser) -> int:
     table = markdown_tables(results)
     write_text(args.out / "results.md", table)
     if args.model_card:
-        from conversion.model_card import update_model_index
 
         update_model_index(args.model_card, model_index_results(results))
     print(table)

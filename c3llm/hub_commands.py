@@ -8,13 +8,15 @@ import json
 import time
 from pathlib import Path
 
+from conversion.build_c3llm import DEFAULT_PARTS, assemble_pretrained, save_folder
+from conversion.convert_clap import convert_clap_checkpoint
+from conversion.convert_encodec import convert_encodec_checkpoint
 from conversion.hub_c3llm import DTYPES, merge_folder, push_folder, verify_model_folder
 
 
 # ---- command line ---------------------------------------------------------------------------------------------------
 def cmd_build_pretrained(args: argparse.Namespace) -> str:
     """`c3llm build` without --tiny: assembles the pretrained parts, saves, returns a one-line summary."""
-    from conversion.build_c3llm import assemble_pretrained, save_folder
 
     sources = {"llm": args.llm, "codec": args.codec, "audio_encoder": args.audio_encoder,
                "vision_encoder": args.vision_encoder}
@@ -32,7 +34,6 @@ def cmd_build_pretrained(args: argparse.Namespace) -> str:
 
 
 def add_build_source_flags(group: argparse._ArgumentGroup, build: argparse.ArgumentParser) -> None:
-    from conversion.build_c3llm import DEFAULT_PARTS
 
     group.add_argument("--llm", default=DEFAULT_PARTS["llm"], metavar="ID_OR_DIR", help="causal LM backbone and tokenizer")
     group.add_argument("--codec", default=DEFAULT_PARTS["codec"], metavar="ID_OR_DIR", help="EnCodec model")
@@ -68,8 +69,6 @@ def cmd_push(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from conversion.convert_clap import convert_clap_checkpoint
-    from conversion.convert_encodec import convert_encodec_checkpoint
 
     convert = convert_encodec_checkpoint if args.kind == "encodec" else convert_clap_checkpoint
     convert(args.checkpoint, args.out)

@@ -35,11 +35,17 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from c3llm.data import datasets as data
 from c3llm.data import registry
 from c3llm.data.collator import C3LLMDataCollator, with_tasks
+from c3llm.synthfoley.synthfoley import write_synthfoley
+from conversion.build_c3llm import save_folder
 from conversion.hub_c3llm import merge_adapter
 from modeling_c3llm import C3LLMForConditionalGeneration
+from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import TASKS
+
+from .token_rows import use_efficient_trainable_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -216,8 +222,6 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
         from peft import LoraConfig, PeftModel, get_peft_model
         from peft.utils.other import TrainableTokensWrapper
 
-        from .token_rows import use_efficient_trainable_tokens
-
         config.nar_loss_weight = 0.0  # Eq. 1 only; run_training restores the weight in the saved model
         if model_args.adapter_path:
             model = PeftModel.from_pretrained(model, model_args.adapter_path, is_trainable=True)
@@ -315,8 +319,6 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
     dict receives, under "train" and "eval", what happened to each split's clips (see `_split_report`)."""
     from datasets import concatenate_datasets
 
-    from c3llm.data import datasets as data
-
     if data_args.dataset is None or data_args.data_dir is None:
         raise ValueError("Give --dataset and --data_dir (or pass train_dataset to run_training).")
     spec = registry.DATASETS[data_args.dataset]
@@ -328,7 +330,6 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
     if data_args.dataset == "synthfoley":
         # Procedural data in the AudioCaps and VGGSound layouts: generated on first use, then reused.
         if not (root / spec.audio_layout).is_dir():
-            from c3llm.synthfoley.synthfoley import write_synthfoley
 
             write_synthfoley(root)
     elif not root.is_dir():
@@ -352,7 +353,6 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
 
 def write_data_report(reports: dict[str, Any], path: str | os.PathLike) -> None:
     """Writes `reports` (from `load_datasets`) as JSON atomically and prints one line per split."""
-    from processing_c3llm.media_c3llm import write_text
 
     write_text(path, json.dumps(reports, indent=2) + "\n")
     for key, report in reports.items():
@@ -556,7 +556,6 @@ def run_training(
     if model_args.stage == 1:
         trainer.save_model(str(adapter_dir))  # collective under FSDP (gathers the full adapter state)
         if trainer.is_world_process_zero():
-            from conversion.build_c3llm import save_folder
 
             if trainer.is_fsdp_enabled:  # sharded weights: merge a fresh base with the adapter just saved
                 merged = merge_adapter(model_args.model_name_or_path, str(adapter_dir), dtype=_dtype(model_args))

@@ -35,6 +35,8 @@ from modeling_c3llm import (
 from processing_c3llm import C3LLMProcessor
 from processing_c3llm.processing_c3llm import ACOUSTIC_TOKEN, SPECIAL_TOKENS
 
+from .model_card import render_model_card
+
 
 def extend_tokenizer(tokenizer, config: C3LLMConfig):
     """Adds one token per code of codebook 1 and the C3LLM special tokens, at the ids the config expects.
@@ -117,7 +119,6 @@ def save_folder(
     max_shard_size: str | int = "5GB",
 ) -> Path:
     """Saves model (safetensors, sharded above `max_shard_size`), processor and model card into `out_dir` atomically."""
-    from .model_card import render_model_card
 
     with atomic_folder(out_dir) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .build_c3llm import atomic_folder
+
 
 def load_foreign_checkpoint(path: str | os.PathLike, prefix: str = "module.") -> dict[str, torch.Tensor]:
     """Reads a `.th`/`.pt` checkpoint with `weights_only=True` (no arbitrary code) and returns its flat state dict.
@@ -71,7 +73,6 @@ def load_converted(model: nn.Module, state: dict[str, torch.Tensor], source: str
 
 def save_converted(model, feature_extractor, out_dir: str | os.PathLike) -> None:
     """Saves a converted model with its feature extractor into a new folder, atomically."""
-    from .build_c3llm import atomic_folder
 
     with atomic_folder(out_dir) as staging:
         model.save_pretrained(staging)

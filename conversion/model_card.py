@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, Task
 
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
@@ -124,7 +125,6 @@ def update_model_index(card_path: str | os.PathLike, results: list[dict]) -> Mod
     """Adds or replaces evaluation `results` (dicts of `EvalResult` fields: task_type, dataset_type, dataset_name,
     metric_type, metric_value, ...) in the `model-index` of the card at `card_path` (a new card when there is none),
     keeping the rest of the card; rewrites the file atomically."""
-    from processing_c3llm.media_c3llm import write_text
 
     card = ModelCard.load(card_path) if Path(card_path).is_file() else ModelCard("---\n---\n")
     if not isinstance(card.data, ModelCardData):

@@ -479,7 +479,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_folder, d
         return loss.detach(), grads, len(calls)
 
     plain_loss, plain_grads, plain_calls = loss_and_grads()
-    model.activation_checkpointing_enable()  # what Trainer calls for --gradient_checkpointing
+    model.activation_checkpointing_enable()  # what Trainer calls for --activation_checkpointing
     checkpointed_loss, checkpointed_grads, checkpointed_calls = loss_and_grads()
     assert checkpointed_calls == 2 * plain_calls  # really recomputed in backward
     assert torch.allclose(checkpointed_loss, plain_loss, atol=1e-6, rtol=0)
@@ -493,8 +493,8 @@ def test_trainer_with_gradient_checkpointing_matches_without(tiny_folder, tmp_pa
     runs = {}
     for flag in (False, True):
         args = train_args(tmp_path / str(flag), max_steps=3, per_device_train_batch_size=2,
-                          train_sampling_strategy="sequential", gradient_checkpointing=flag)
-        assert args.activation_checkpointing is flag  # the deprecated name still maps onto the new one
+                          train_sampling_strategy="sequential", activation_checkpointing=flag)
+        assert args.activation_checkpointing is flag
         seen = []
 
         class Check(TrainerCallback):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from c3llm.data import datasets
 from processing_c3llm.processing_c3llm import TASKS
 
 # Inputs that need a clip's video (or a picture of it): such tasks read the video layout of a composite dataset.
@@ -62,7 +63,6 @@ EVAL_DATASETS = [name for name, spec in DATASETS.items() if spec.eval_tasks]
 
 def loader(name: str) -> Callable:
     """The `load_*` function of `c3llm.data.datasets` that reads the layout `name`."""
-    from c3llm.data import datasets
 
     spec = DATASETS.get(name)
     if spec is None or spec.loader is None:

@@ -56,6 +56,8 @@ import torch
 from transformers import EncodecModel
 from transformers.audio_utils import mel_filter_bank
 
+from c3llm.synthfoley import event_detector
+from c3llm.synthfoley.synthfoley import make_clip
 from conversion.build_c3llm import atomic_folder
 from processing_c3llm.media_c3llm import atomic_path
 
@@ -156,7 +158,6 @@ def crop_batches(
 ):
     """Endless `(batch_size, 1, crop)` float tensors: random crops (crop a multiple of 320 samples) of fresh clips,
     drawn from `seed` (a seed or a numpy Generator, which the stream then advances)."""
-    from c3llm.synthfoley.synthfoley import make_clip
 
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     crop = next_crop_length(crop_seconds)
@@ -204,8 +205,6 @@ def evaluate(
     true event onsets with a detected onset within 30 ms), the same two on the original audio (`original_*`, with
     `reference`), and `perplexity` (of each codebook's codes over all clips).
     """
-    from c3llm.synthfoley import event_detector
-    from c3llm.synthfoley.synthfoley import make_clip
 
     model.eval()
     rng = np.random.default_rng(seed)
