@@ -180,9 +180,11 @@ def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
     `generate(**inputs)` on it, with no arguments, samples as the demo's evaluation does."""
 
     config = GenerationConfig.from_pretrained(folder)
-    config.update(do_sample=True, top_k=settings.top_k, guidance_scale=settings.guidance_scale,
-                  audio_length_in_s=settings.clip_seconds,
-                  text_defaults={"do_sample": False, "max_new_tokens": settings.caption_tokens})
+    tuned = {"do_sample": True, "top_k": settings.top_k, "guidance_scale": settings.guidance_scale,
+             "audio_length_in_s": settings.clip_seconds,
+             "text_defaults": {"do_sample": False, "max_new_tokens": settings.caption_tokens}}
+    for name, value in tuned.items():  # (`update` would skip the fields GenerationConfig does not define)
+        setattr(config, name, value)
     with atomic_path(folder / "generation_config.json") as tmp_path:
         config.to_json_file(tmp_path)
 

@@ -34,6 +34,11 @@ def test_demo_writes_a_complete_report(tmp_path):
     assert "C3LLM demo finished" in result.stdout
     trained = out / "training" / "merged"
     assert (trained / "model.safetensors").is_file() and (trained / "modeling_c3llm.py").is_file()
+    shipped = json.loads((trained / "generation_config.json").read_text())  # the sampling the demo evaluated with
+    assert {k: shipped[k] for k in ("do_sample", "top_k", "guidance_scale", "audio_length_in_s", "text_defaults")} == {
+        "do_sample": True, "top_k": 20, "guidance_scale": 2.0, "audio_length_in_s": 2.0,
+        "text_defaults": {"do_sample": False, "max_new_tokens": 24},
+    }  # fmt: skip
 
 
 def test_demo_uses_the_shipped_codec():
