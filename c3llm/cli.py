@@ -50,7 +50,6 @@ TOUR_TEXTS = {  # the tour's prompt per task; other tasks with a text input get 
     "video-text-to-audio": "footsteps on gravel",
     "image-text-to-audio": "birds singing at dawn",
 }
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 def _quiet_libraries() -> None:
@@ -187,15 +186,18 @@ def run_task(
     except ValueError as e:  # MediaError too
         raise input_error(e, inputs) from e
     try:
-        kwargs: dict[str, Any] = {"do_sample": not greedy}
+        # Only what the user set; everything else comes from the model's generation_config (per output kind).
+        kwargs: dict[str, Any] = {}
+        if greedy or temperature is not None or top_k is not None:
+            kwargs["do_sample"] = not greedy
         if temperature is not None:
             kwargs["temperature"] = temperature
         if top_k is not None:
             kwargs["top_k"] = top_k
-        if output_kind == "audio":
+        if seconds is not None:
             kwargs["audio_length_in_s"] = seconds
-        else:
-            kwargs["max_new_tokens"] = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
         torch.manual_seed(seed)
         generated = model.generate(**batch, **kwargs)
     except ValueError as e:
@@ -466,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=generate_epilog(),
         formatter_class=_HelpFormatter,
     )
-    generate.add_argument("--model", required=True, metavar="DIR", help="model folder (from `c3llm build`)")
+    generate.add_argument("--model", required=True, metavar="DIR_OR_ID",
+                          help="model folder (from `c3llm build`) or Hub repository id (downloaded unless HF_HUB_OFFLINE)")
     generate.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
                           help=f"the task: one of {', '.join(TASKS)}")
     inputs = generate.add_argument_group("inputs (give exactly those the task needs)")
@@ -478,12 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"{text} ({tasks})")
     sampling = generate.add_argument_group("generation")
     sampling.add_argument("--seconds", type=_positive_float, metavar="S",
-                          help="length of the audio (audio tasks); default: until the model ends the clip or the "
-                          "model's max_audio_seconds")
+                          help="length of the audio (audio tasks); default: the model's generation config, else until the "
+                          "model ends the clip or its max_audio_seconds")
     sampling.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
-                          help=f"most tokens of text to generate (text tasks); default {DEFAULT_MAX_NEW_TOKENS}")
+                          help="most tokens of text to generate (text tasks); default: the model's generation config")
     sampling.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
-    sampling.add_argument("--greedy", action="store_true", help="pick the most likely token instead of sampling")
+    sampling.add_argument("--greedy", action="store_true",
+                          help="pick the most likely token (default: the model's generation config: audio sampled, "
+                          "text greedy)")
     sampling.add_argument("--temperature", type=_positive_float, metavar="F",
                           help="sampling temperature (default: the model's generation config)")
     sampling.add_argument("--top-k", type=_non_negative_int, metavar="K",
