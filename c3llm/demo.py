@@ -1,7 +1,9 @@
-"""`c3llm demo`: generate SynthFoley, train a tiny C3LLM on every task, evaluate on held-out clips, write a report.
+"""`c3llm demo`: generate SynthFoley, train a small C3LLM on all seven tasks, evaluate every task strictly on held-out
+clips, and leave the trained model as a push-ready folder with its results in the card.
 
 Runs offline on a CPU in minutes. The codec is the small EnCodec trained on SynthFoley that ships in
-`c3llm/synthfoley/codec`, so the decoded audio is real sound, and a DSP event detector measures what was learnt.
+`c3llm/synthfoley/codec`, so the decoded audio is real sound, and a DSP event detector measures what was learnt
+(`c3llm.synthfoley.scoring`: exact class sequences, onsets matched one to one, the mismatched-video chance level).
 """
 
 from __future__ import annotations
@@ -9,73 +11,84 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import EncodecModel, GenerationConfig
+from transformers import AutoModel, AutoProcessor, EncodecModel, GenerationConfig
 
 from c3llm.data import datasets as data
 from c3llm.data.collator import with_tasks
-from c3llm.synthfoley.event_detector import event_classes, onsets
-from c3llm.synthfoley.synthfoley import parse_caption, write_synthfoley
+from c3llm.synthfoley.synthfoley import write_synthfoley
 from conversion.build_c3llm import build_tiny, save_folder
-from processing_c3llm.media_c3llm import (
-    atomic_path,
-    load_audio,
-    load_video,
-    write_text,
-    write_wav,
-)
+from conversion.model_card import update_model_index
+from processing_c3llm.media_c3llm import atomic_path, load_audio, write_text
 from processing_c3llm.processing_c3llm import TASKS
 
 from .data.registry import DATASETS
-from .evaluation import EvalSettings, generate_outputs, load_split
-from .training import (
-    C3LLMTrainingArguments,
-    DataArguments,
-    ModelArguments,
-    run_training,
-)
+from .loading import CLIError
+from .evaluation import EvalSettings, markdown_tables, model_index_results, run_eval, synthfoley_table
+from .synthfoley import scoring
+from .training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
-# The demo trains every task of `TASKS` on SynthFoley and measures these three.
-MEASURED_TASKS = ("audio-to-text", "text-to-audio", "video-to-audio")
-# Share of its layout's training clips a task uses (other tasks: `OTHER_TASK_SHARE`). The two measured audio outputs
-# use every clip, the other tasks a different part each, so that all seven fit the time budget with clips seen a few
-# times only: on 600 clips seen ten times each the model memorized the clips' token sequences and text-to-audio /
-# video-to-audio fell to chance.
-TASK_SHARES = {"text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 1.0}
-OTHER_TASK_SHARE = 0.25
+# Share of its layout's training clips each task uses (see `DATASETS["synthfoley"].parts` for the layouts).
+TASK_SHARES = {
+    "text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 0.6, "video-to-caption": 0.25,
+    "image-to-audio": 0.3, "image-text-to-audio": 0.3, "video-text-to-audio": 1.0,
+}  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
+# The figures the summary prints per task: (measure key, what it says).
+SUMMARY_MEASURES = {"text": ("class_sequence_exact", "lenient_class_set"),
+                    "audio": ("class_sequence_exact", "class_set_same", "lenient_classes_present"),
+                    "video": ("onset_f1", "onset_f1_mismatched", "onset_recall", "onset_precision")}  # fmt: skip
+MIN_CLIPS = {"train_clips": 4, "video_clips": 2, "neutral_clips": 2, "test_clips": 2}
 
 
 @dataclass
 class DemoSettings:
-    """Sizes and budgets of the demo (defaults fit in about ten minutes on two CPU cores)."""
+    """Sizes and budgets of the demo (the defaults fit in 8 minutes on two CPU cores)."""
 
     train_clips: int = 2000
     video_clips: int = 1000
+    neutral_clips: int = 500
     test_clips: int = 40
     clip_seconds: float = 2.0
     max_steps: int = 1400
     batch_size: int = 16
     learning_rate: float = 2e-3
     condition_dropout: float = 0.1
-    # Chosen on 100 validation clips of another seed, not the demo's test clips: 1.5, 2 and 2.5 gave text-to-audio
-    # 70 / 70 / 78 % and video-to-audio onset precision 63 / 64 / 59 % (stronger guidance adds onsets).
     guidance_scale: float = 2.0
     top_k: int = 20  # audio sampling
     caption_tokens: int = 24  # the longest caption (greedy)
     hidden_size: int = 128
     layers: int = 4
     seed: int = 0
+    workers: int = 2  # processes writing and preprocessing the data
     codec_dir: str = str(CODEC_DIR)
+
+    def check(self) -> None:
+        """Raises ValueError naming the setting that cannot work."""
+        for name, least in MIN_CLIPS.items():
+            if getattr(self, name) < least:
+                why = " (the mismatched-video measure pairs each clip with another)" if name == "test_clips" else ""
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {least}{why}, got {getattr(self, name)}.")
+        for name in ("max_steps", "batch_size", "workers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-').replace('max-', '')} must be positive.")
+        if self.video_clips > self.train_clips or self.neutral_clips > self.train_clips:
+            raise ValueError("--video-clips and --neutral-clips must be at most --train-clips (they are the first "
+                             "training clips).")  # fmt: skip
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError("--condition-dropout must be in [0, 1).")
+        if not self.guidance_scale > 0:
+            raise ValueError("--guidance-scale must be positive.")
 
 
 def demo_model(settings: DemoSettings):
@@ -94,68 +107,48 @@ def demo_model(settings: DemoSettings):
     return model, processor
 
 
-def key_frame(video_path: str) -> np.ndarray:
-    """One picture of a clip for the image tasks: the brightest value of every pixel over the clip."""
-
-    frames, _ = load_video(video_path)
-    return frames.max(axis=0)
-
-
-def add_images(dataset, folder: Path):
-    """Writes a key frame PNG per video and adds its path as `image_path`."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def add(example):
-        path = folder / f"{example['id']}.png"
-        if not path.exists():
-            Image.fromarray(key_frame(example["video_path"])).save(path)
-        return {"image_path": str(path)}
-
-    return dataset.map(add)
-
-
 def write_demo_data(root: Path, settings: DemoSettings) -> None:
     """Writes the demo's SynthFoley under `root`, unless `root` already holds the clips of the same settings
-    (recorded in `root/synthfoley.json`); data written with other settings is replaced."""
+    (recorded in `root/synthfoley.json`, written last); anything else there (other settings, an interrupted run) is
+    replaced."""
 
-    wanted = {"train": settings.train_clips, "video_train": settings.video_clips, "test": settings.test_clips,
-              "seed": settings.seed}
+    wanted = {"train": settings.train_clips, "video_train": settings.video_clips,
+              "neutral_train": settings.neutral_clips, "test": settings.test_clips, "seed": settings.seed}  # fmt: skip
     record = root / "synthfoley.json"
     if record.is_file() and json.loads(record.read_text()) == wanted:
         return
     shutil.rmtree(root, ignore_errors=True)
     write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
-                     video_train=settings.video_clips)
-    write_text(record, json.dumps(wanted, indent=1) + "\n")  # last: an interrupted run writes everything again
+                     video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers)
+    write_text(record, json.dumps(wanted, indent=1) + "\n")
 
 
 def prepare_data(root: Path, model, processor, settings: DemoSettings):
-    """SynthFoley on disk, read back by the real loaders, preprocessed, one row per (clip, task)."""
+    """SynthFoley's training clips read back by the real loaders, preprocessed (codec codes, video features), one row
+    per (clip, task): each task takes its `TASK_SHARES` of its layout's clips."""
     from datasets import concatenate_datasets
 
-    write_demo_data(root, settings)
-    # Every task: those without visual input on the AudioCaps layout, the others on the VGGSound layout.
-    [(_, _, audio_tasks), (_, _, video_tasks)] = DATASETS["synthfoley"].layouts(TASKS)
-    audiocaps, _ = data.load_audiocaps(root / "audiocaps", "train")
-    vggsound, _ = data.load_vggsound(root / "vggsound", "train")
-    audiocaps, _ = data.add_audio_codes(audiocaps, model, processor)
-    # The videos are the first clips of the audio layout: their targets are the codes of the same (lossless) audio.
-    codes = dict(zip(audiocaps["id"], audiocaps["audio_codes"]))
-    video_codes = [codes[video_id.rsplit("_", 1)[0]] for video_id in vggsound["id"]]  # ids: {youtube_id}_{start}
-    vggsound = vggsound.add_column("audio_codes", video_codes, feature=audiocaps.features["audio_codes"])
-    vggsound, _ = data.add_video_features(vggsound, model, processor)
-    vggsound = add_images(vggsound, root / "images")
+    layouts = {part.folder: part for part in DATASETS["synthfoley"].layouts(TASKS)}
+    loaded = {folder: part.load(root, "train")[0] for folder, part in layouts.items()}
+    audio = loaded.pop("audiocaps")
+    audio, _ = data.add_audio_codes(audio, model, processor, num_proc=settings.workers)
+    # The videos show clips of the audio layout: their targets are the codes of the same (lossless) audio.
+    codes = dict(zip(audio["id"], audio["audio_codes"]))
+    for folder, videos in loaded.items():
+        video_codes = [codes[video_id.rsplit("_", 1)[0]] for video_id in videos["id"]]  # ids: {youtube_id}_{start}
+        videos = videos.add_column("audio_codes", video_codes, feature=audio.features["audio_codes"])
+        loaded[folder], _ = data.add_video_features(videos, model, processor, num_proc=settings.workers)
+    loaded["audiocaps"] = audio
     columns = ["id", "task", "caption", "label", "audio_path", "video_path", "image_path", "audio_codes",
                "video_features"]
     pieces = []
-    for dataset, tasks in ((audiocaps, audio_tasks), (vggsound, video_tasks)):
+    for folder, part in layouts.items():
+        dataset = loaded[folder]
         for column in columns:
             if column not in dataset.column_names:
                 dataset = dataset.add_column(column, [None] * len(dataset))
-        for index, task in enumerate(tasks):
-            count = max(1, round(TASK_SHARES.get(task, OTHER_TASK_SHARE) * len(dataset)))
+        for index, task in enumerate(part.tasks):
+            count = max(1, round(TASK_SHARES[task] * len(dataset)))
             clips = dataset.shuffle(seed=settings.seed + index).select(range(count))
             pieces.append(with_tasks(clips, [task]).select_columns(columns))
     return concatenate_datasets(pieces).shuffle(seed=settings.seed)
@@ -177,7 +170,7 @@ def train(model_dir: Path, dataset, out: Path, settings: DemoSettings) -> dict[s
 
 def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
     """Writes the demo's tuned sampling into the trained model's `generation_config.json`, so that
-    `generate(**inputs)` on it, with no arguments, samples as the demo's evaluation does."""
+    `generate(**inputs)` (and `c3llm generate`/`c3llm eval`) on it, with no arguments, samples as the demo did."""
 
     config = GenerationConfig.from_pretrained(folder)
     tuned = {"do_sample": True, "top_k": settings.top_k, "guidance_scale": settings.guidance_scale,
@@ -189,64 +182,12 @@ def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
         config.to_json_file(tmp_path)
 
 
-def evaluate(model, processor, root: Path, report: Path, guidance_scale: float | None = None,
-             batch_size: int = 8, settings: DemoSettings | None = None) -> dict[str, Any]:
-    """Held-out SynthFoley, generated through `c3llm eval`'s functions: captions (greedy) name the right classes;
-    generated audio (sampled with classifier-free guidance `guidance_scale`) holds the requested classes and its
-    onsets sit on the visual onsets (0.1 s)."""
-
-    demo = settings or DemoSettings()
-    base = EvalSettings(dataset="synthfoley", data_dir=str(root), split="test", batch_size=batch_size,
-                        seconds=demo.clip_seconds)
-    settings = {
-        "audio-to-text": replace(base, max_new_tokens=demo.caption_tokens, do_sample=False),
-        "text-to-audio": replace(base, top_k=demo.top_k, guidance_scale=guidance_scale),
-        "video-to-audio": replace(base, top_k=demo.top_k, guidance_scale=guidance_scale),
-    }
-    splits = {task: load_split(settings[task], task) for task in MEASURED_TASKS}
-    sidecar = json.loads((root / "vggsound" / "synthfoley_test.json").read_text())
-    truth = {Path(item["file"]).name: item for item in sidecar.values()}
-    sr = model.config.sampling_rate
-    (report / "audio").mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    with tqdm(total=sum(len(rows) for rows in splits.values()), desc="evaluating") as bar:
-        outputs = {task: generate_outputs(model, processor, task, rows, settings[task], bar)
-                   for task, rows in splits.items()}  # fmt: skip
-    results: dict[str, Any] = {"captions": [], "text_to_audio": [], "video_to_audio": []}
-    for row, text in zip(splits["audio-to-text"], outputs["audio-to-text"]):
-        results["captions"].append({"id": row["id"], "reference": row["caption"], "generated": text})
-    for row, wave in zip(splits["text-to-audio"], outputs["text-to-audio"]):
-        path = report / "audio" / f"t2a_{row['id']}.wav"
-        write_wav(path, wave, sr)
-        results["text_to_audio"].append(
-            {"id": row["id"], "caption": row["caption"], "detected": event_classes(wave, sr), "wav": str(path)}
-        )
-    for row, wave in zip(splits["video-to-audio"], outputs["video-to-audio"]):
-        path = report / "audio" / f"v2a_{row['id']}.wav"
-        write_wav(path, wave, sr)
-        visual = [e["onset"] for e in truth[Path(row["video_path"]).name]["events"]]
-        results["video_to_audio"].append(
-            {"id": row["id"], "visual_onsets": visual, "generated_onsets": onsets(wave, sr).tolist(), "wav": str(path)}
-        )
-
-    def names_right(item):
-        return set(parse_caption(item["generated"])) == set(parse_caption(item["reference"]))
-
-    def holds_requested(item):
-        return set(parse_caption(item["caption"])) <= set(item["detected"])
-
-    generated = [t for item in results["video_to_audio"] for t in item["generated_onsets"]]
-    synced = [t for item in results["video_to_audio"] for t in item["generated_onsets"]
-              if any(abs(t - v) <= 0.1 for v in item["visual_onsets"])]
-    results["metrics"] = {
-        "audio_to_text_class_accuracy": float(np.mean([names_right(i) for i in results["captions"]])),
-        "text_to_audio_class_accuracy": float(np.mean([holds_requested(i) for i in results["text_to_audio"]])),
-        "video_to_audio_onset_precision": len(synced) / len(generated) if generated else 0.0,
-        "video_to_audio_generated_onsets": len(generated),
-        "test_clips": len(splits["text-to-audio"]),
-        "guidance_scale": guidance_scale,
-    }
-    return results
+def evaluate(model, processor, data_dir: Path, audio_dir: Path | None, settings: DemoSettings,
+             split: str = "test") -> dict[str, Any]:  # fmt: skip
+    """Every task on the held-out clips through `c3llm eval` (`run_eval`), with the sampling the model ships."""
+    eval_settings = EvalSettings(dataset="synthfoley", data_dir=str(data_dir), split=split, batch_size=8,
+                                 seed=settings.seed, audio_dir=None if audio_dir is None else str(audio_dir))  # fmt: skip
+    return run_eval(model, processor, eval_settings)
 
 
 def plot_loss(log_history: list[dict], path: Path) -> None:
@@ -283,63 +224,133 @@ def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, p
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int) -> None:
-
+def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int,
+                 timing: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """Writes `out/report`: metrics.json (every measure with its 95% interval, phase times, losses), details.json
+    (per-clip records), results.md, captions.txt, loss_curve.png and spectrograms.png; returns the metrics."""
     report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
     state = json.loads((out / "training" / "trainer_state.json").read_text())
     plot_loss(state["log_history"], report / "loss_curve.png")
-    lines = [f"{i['id']}\treference: {i['reference']}\tgenerated: {i['generated']}\n" for i in results["captions"]]
+    tasks = results["tasks"]
+    lines = [f"{task}\t{r['id']}\treference: {r['reference']}\tgenerated: {r['generated']}\n"
+             for task, entry in tasks.items() if TASKS[task].output == "text" for r in entry["records"]]  # fmt: skip
     write_text(report / "captions.txt", "".join(lines))
-    samples = [(f"text-to-audio: {i['caption']} -> detected {', '.join(i['detected']) or 'nothing'}",
-                load_audio(i["wav"], sampling_rate)) for i in results["text_to_audio"][:3]]
-    samples += [(f"video-to-audio: visual onsets {i['visual_onsets']}", load_audio(i["wav"], sampling_rate))
-                for i in results["video_to_audio"][:3]]
+    samples = []
+    for task in ("text-to-audio", "video-to-audio", "image-to-audio"):
+        for r in tasks[task]["records"][:2]:
+            timing_note = f", visual onsets {r['visual_onsets']}" if "visual_onsets" in r else ""
+            samples.append((f"{task}: {' '.join(r['reference_classes'])}{timing_note} -> detected "
+                            f"{', '.join(r['detected_classes']) or 'nothing'}", load_audio(r["wav"], sampling_rate)))
     plot_spectrograms(samples, sampling_rate, report / "spectrograms.png")
-    metrics = {**results["metrics"], "train_loss": train_metrics.get("train_loss"),
-               "train_lm_loss": train_metrics.get("train_lm_loss"), "train_nar_loss": train_metrics.get("train_nar_loss")}
+    metrics = {
+        "tasks": {task: {"clips": e["clips"], "scores": e["scores"], "intervals": e.get("intervals", {})}
+                  for task, e in tasks.items()},
+        "test_clips": min(e["clips"] for e in tasks.values()),
+        "timing_s": timing,
+        **{key: train_metrics.get(key) for key in ("train_loss", "train_lm_loss", "train_nar_loss")},
+    }  # fmt: skip
     write_text(report / "metrics.json", json.dumps(metrics, indent=2))
-    write_text(report / "details.json", json.dumps(results, indent=2))
+    write_text(report / "details.json", json.dumps({task: e["records"] for task, e in tasks.items()}, indent=2))
+    write_text(report / "results.md", markdown_tables(results, label="c3llm demo"))
+    return metrics
+
+
+@contextmanager
+def phase(name: str, timing: dict[str, float]):
+    """Records the wall time of the enclosed block in `timing[name]` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[name] = round(time.perf_counter() - start, 1)
+
+
+def check_writable(out: Path) -> None:
+    """Creates `out` and checks a file can be written there, or raises ValueError naming the folder."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to {out} ({e.strerror or e}); choose another --out.") from e
+
+
+def _percent(entry: dict[str, Any], key: str) -> str:
+    value, interval = entry["scores"][key], entry["intervals"].get(key)
+    text = f"{value:.0%}" if "f1" not in key else f"{value:.2f}"
+    if interval:
+        text += f" [{interval[0]:.0%}-{interval[1]:.0%}]" if "f1" not in key else f" [{interval[0]:.2f}-{interval[1]:.2f}]"
+    return text
+
+
+def summary(metrics: dict[str, Any], results: dict[str, Any], out: Path) -> str:
+    """The lines printed at the end of the demo: phase times, each task's strict figures, the commands to try."""
+    timing = metrics["timing_s"]
+    phases = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in timing.items() if name != "total")
+    lines = [f"\nC3LLM demo finished in {timing['total'] / 60:.1f} min ({phases} min); load average "
+             f"{os.getloadavg()[1]:.1f} over the last 5 min",
+             f"Held-out clips: {metrics['test_clips']} per task; strict measures with 95% intervals (lenient last):"]
+    for task, entry in results["tasks"].items():
+        kinds = [TASKS[task].output] + (["video"] if "video" in TASKS[task].inputs else [])
+        figures = [f"{scoring.MEASURES[key].lower()} {_percent(entry, key)}"
+                   for kind in kinds for key in SUMMARY_MEASURES[kind] if key in entry["scores"]]  # fmt: skip
+        lines.append(f"  {task:<20} " + "; ".join(figures))
+    model = out / "model"
+    lines += [f"The trained model is {model} (its card holds these results). Try it:",
+              f'  c3llm generate --model {model} --task text-to-audio --text "a chirp, then a low beep" --out chirp.wav',
+              f"  c3llm eval --model {model} --dataset synthfoley --data-dir {out / 'data'} --out {out / 'eval'}",
+              f"  c3llm push {model} your-name/c3llm-synthfoley --dry-run"]  # fmt: skip
+    return "\n".join(lines)
 
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> dict[str, Any]:
-    """The whole demo; returns the metrics also written to `out/report/metrics.json`."""
+    """The whole demo; returns the metrics also written to `out/report/metrics.json`. `out/model` ends as the trained
+    model; an earlier run's model, training and report folders are replaced (its data is reused when it is complete
+    and was written with the same settings)."""
     settings = settings or DemoSettings()
+    settings.check()
     out = Path(out)
-    started = time.time()
+    check_writable(out)
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    model, processor = demo_model(settings)
     for folder in ("model", "training", "report"):
         shutil.rmtree(out / folder, ignore_errors=True)
-    save_folder(model, processor, out / "model")
-    dataset = prepare_data(out / "data", model, processor, settings)
-    train_metrics = train(out / "model", dataset, out / "training", settings)
-
-    from transformers import AutoModel, AutoProcessor
-
-    ship_generation_defaults(Path(train_metrics["merged_path"]), settings)
-    trained = AutoModel.from_pretrained(train_metrics["merged_path"]).eval()
-    trained_processor = AutoProcessor.from_pretrained(train_metrics["merged_path"])
-    results = evaluate(trained, trained_processor, out / "data", out / "report", settings.guidance_scale,
-                       settings=settings)
-    write_report(results, train_metrics, out, trained.config.sampling_rate)
-    metrics = results["metrics"]
-    minutes = (time.time() - started) / 60
-    print(f"\nC3LLM demo finished in {minutes:.1f} min; report in {out / 'report'}")
-    print(f"  audio-to-text: captions name the right event classes for {metrics['audio_to_text_class_accuracy']:.0%} of clips")
-    print(f"  text-to-audio: audio holds the requested classes for {metrics['text_to_audio_class_accuracy']:.0%} of prompts")
-    print(f"  video-to-audio: {metrics['video_to_audio_onset_precision']:.0%} of "
-          f"{metrics['video_to_audio_generated_onsets']} generated onsets within 0.1 s of a visual onset")
+    with phase("data", timing):
+        write_demo_data(out / "data", settings)
+    with phase("preprocessing", timing):
+        model, processor = demo_model(settings)
+        save_folder(model, processor, out / "training" / "initial")
+        dataset = prepare_data(out / "data", model, processor, settings)
+    with phase("training", timing):
+        train_metrics = train(out / "training" / "initial", dataset, out / "training", settings)
+    trained_dir = Path(train_metrics["merged_path"])
+    with phase("evaluation", timing):
+        ship_generation_defaults(trained_dir, settings)
+        trained = AutoModel.from_pretrained(trained_dir).eval()
+        results = evaluate(trained, AutoProcessor.from_pretrained(trained_dir), out / "data", out / "report" / "audio",
+                           settings)
+    with phase("report", timing):
+        update_model_index(trained_dir / "README.md", model_index_results(results))
+        os.replace(trained_dir, out / "model")  # one rename: the folder is complete or absent
+        timing["total"] = round(time.perf_counter() - started, 1)
+        metrics = write_report(results, train_metrics, out, trained.config.sampling_rate, timing)
+    metrics["timing_s"]["total"] = timing["total"] = round(time.perf_counter() - started, 1)
+    write_text(out / "report" / "metrics.json", json.dumps({**metrics, "settings": asdict(settings)}, indent=2))
+    print(summary(metrics, results, out))
     return metrics
 
 
 DEMO_EPILOG = """examples:
   c3llm demo --out outputs/demo
-  c3llm demo --out outputs/demo --steps 200 --train-clips 120 --video-clips 60    # a quicker, weaker run
+  c3llm demo --out outputs/demo --steps 200 --train-clips 120 --video-clips 60 --neutral-clips 30   # quicker, weaker
 
-Layout: DIR/data (SynthFoley in the AudioCaps and VGGSound layouts), DIR/model (the untrained model),
-DIR/training (checkpoint state and the trained model in training/merged), DIR/report (WAVs, spectrograms.png,
-loss_curve.png, captions.txt, metrics.json, details.json). Running it again reuses DIR/data when the clip counts
-and seed are the same (else it is written anew) and replaces the rest.
+Layout: DIR/data (SynthFoley: audiocaps/, vggsound/ with images, neutral/), DIR/model (the trained model: a complete,
+push-ready folder whose card holds the demo's results), DIR/training (the initial model and the Trainer's state),
+DIR/report (audio/{task}/*.wav, spectrograms.png, loss_curve.png, captions.txt, results.md, metrics.json,
+details.json). Running it again reuses DIR/data when it is complete and was written with the same clip counts and
+seed (else it is written anew) and replaces the rest.
 """
 
 
@@ -348,9 +359,9 @@ def add_demo_parser(commands, formatter_class) -> None:
     defaults = DemoSettings()
     demo = commands.add_parser(
         "demo",
-        help="generate SynthFoley, train a small C3LLM on every task, evaluate, report (offline, ~10 min on 2 cores)",
-        description="The main offline job: write SynthFoley clips, train a small C3LLM on all seven tasks, evaluate it\n"
-        "on held-out clips with the SynthFoley event detector and write a report folder.",
+        help="generate SynthFoley, train a small C3LLM on every task, evaluate, report (offline, ~8 min on 2 cores)",
+        description="The main offline job: write SynthFoley clips, train a small C3LLM on all seven tasks, evaluate\n"
+        "every task on held-out clips with the SynthFoley event detector, write a report and the trained model.",
         epilog=DEMO_EPILOG,
         formatter_class=formatter_class,
     )
@@ -358,9 +369,14 @@ def add_demo_parser(commands, formatter_class) -> None:
     demo.add_argument("--train-clips", type=int, default=defaults.train_clips, metavar="N",
                       help="SynthFoley training clips (AudioCaps layout: text-to-audio, audio-to-text)")
     demo.add_argument("--video-clips", type=int, default=defaults.video_clips, metavar="N",
-                      help="how many of the training clips are also written as videos (VGGSound layout: the video and "
-                      "image tasks); at most --train-clips")
-    demo.add_argument("--test-clips", type=int, default=defaults.test_clips, metavar="N", help="held-out clips to evaluate")
+                      help="how many of the training clips are also written as videos of class shapes with a picture "
+                      "(VGGSound layout: video-to-audio, video-to-caption, image-to-audio, image-text-to-audio); at most "
+                      "--train-clips")
+    demo.add_argument("--neutral-clips", type=int, default=defaults.neutral_clips, metavar="N",
+                      help="how many of the training clips are also written as videos of class-neutral shapes "
+                      "(video-text-to-audio: the text gives the classes, the video the timing); at most --train-clips")
+    demo.add_argument("--test-clips", type=int, default=defaults.test_clips, metavar="N",
+                      help="held-out clips, evaluated on every task")
     demo.add_argument("--steps", type=int, default=defaults.max_steps, metavar="N", help="optimizer steps")
     demo.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N", help="examples per step")
     demo.add_argument("--learning-rate", type=float, default=defaults.learning_rate, metavar="F", help="peak learning rate")
@@ -368,7 +384,10 @@ def add_demo_parser(commands, formatter_class) -> None:
                       help="probability that a training example with an audio output loses its condition (what "
                       "classifier-free guidance needs)")
     demo.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale, metavar="F",
-                      help="classifier-free guidance of the evaluated audio generation (1: none)")
+                      help="classifier-free guidance of the evaluated audio generation (1: none); shipped in the "
+                      "model's generation_config.json")
+    demo.add_argument("--workers", type=int, default=defaults.workers, metavar="N",
+                      help="processes that write and preprocess the data")
     demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data, the weights and the sampling")
     demo.add_argument("--codec", default=defaults.codec_dir, metavar="DIR",
                       help="EnCodec folder; the default is the SynthFoley codec shipped in c3llm/synthfoley/codec")
@@ -377,18 +396,18 @@ def add_demo_parser(commands, formatter_class) -> None:
 
 def cmd_demo(args, parser) -> int:
     settings = DemoSettings(
-        train_clips=args.train_clips, video_clips=args.video_clips, test_clips=args.test_clips, max_steps=args.steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, condition_dropout=args.condition_dropout,
-        guidance_scale=args.guidance_scale, seed=args.seed, codec_dir=args.codec,
-    )
-    for name in ("train_clips", "video_clips", "test_clips", "max_steps", "batch_size"):
-        if getattr(settings, name) <= 0:
-            parser.error(f"--{name.replace('_', '-').replace('max-', '')} must be positive")
-    if not 0 <= settings.condition_dropout < 1:
-        parser.error("--condition-dropout must be in [0, 1)")
-    if not settings.guidance_scale > 0:
-        parser.error("--guidance-scale must be positive")
-    if settings.video_clips > settings.train_clips:
-        parser.error("--video-clips must be at most --train-clips (the videos are the first training clips)")
+        train_clips=args.train_clips, video_clips=args.video_clips, neutral_clips=args.neutral_clips,
+        test_clips=args.test_clips, max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        condition_dropout=args.condition_dropout, guidance_scale=args.guidance_scale, workers=args.workers,
+        seed=args.seed, codec_dir=args.codec,
+    )  # fmt: skip
+    try:
+        settings.check()
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        check_writable(args.out)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
     run_demo(args.out, settings)
     return 0

@@ -2,9 +2,10 @@
 
 Tasks per dataset: AudioCaps → audio-to-text (caption metrics) and text-to-audio (FAD, KL, IS, CLAP score);
 Clotho → audio-to-text; VGGSound and VAS → video-to-audio (FAD, KL, IS and the onset metrics); SynthFoley (a folder
-written by `c3llm.synthfoley.synthfoley.write_synthfoley`) → all three through its AudioCaps and VGGSound layouts.
-Writes `results.json` and `results.md` (our row beside the paper's C3LLM and CoDi rows) and, on request, the
-`model-index` of a model card.
+written by `c3llm.synthfoley.synthfoley.write_synthfoley`) → all seven tasks, scored strictly against the clips' true
+events (`c3llm.synthfoley.scoring`) with 95% intervals and per-clip records. Sampling settings left unset come from
+the model's `generation_config`. Writes `results.json` and `results.md` (our row beside the paper's C3LLM and CoDi
+rows), on request the generated WAVs, and the `model-index` (and evaluation table) of a model card.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from c3llm.data.datasets import _load_source_audio
 from conversion.model_card import update_model_index
-from processing_c3llm.media_c3llm import write_text
+from processing_c3llm.media_c3llm import write_text, write_wav
 from processing_c3llm.processing_c3llm import TASKS
 
 from .data import registry
@@ -36,6 +37,7 @@ from .metrics.captioning import (
     corenlp_dir,
 )
 from .metrics.onsets import onset_metrics
+from .synthfoley import scoring
 
 PAPER_RESULTS = Path(__file__).resolve().parent / "metrics" / "paper_results.json"
 
@@ -50,12 +52,14 @@ class EvalSettings:
     tasks: tuple[str, ...] | None = None
     max_clips: int | None = None
     batch_size: int = 8
-    seconds: float | None = None  # generated audio length; default: the reference clip's
-    max_new_tokens: int = 32
-    do_sample: bool = True
-    top_k: int | None = None  # default: the model's generation config
-    guidance_scale: float | None = None  # classifier-free guidance of audio outputs; default: none
+    seconds: float | None = None  # generated audio length; default: the model's generation config
+    # Sampling; `None`: the model's generation config (its `text_defaults` for captions).
+    max_new_tokens: int | None = None  # captions
+    do_sample: bool | None = None
+    top_k: int | None = None
+    guidance_scale: float | None = None  # classifier-free guidance of audio outputs
     seed: int = 0
+    audio_dir: str | None = None  # where to write the generated audio as {task}/{id}.wav
     embedding: str = "vggish"
     embedding_model: str | None = None  # VGGish / CNN14 folder or checkpoint, or CLAP folder
     classifier: str | None = None  # CNN14 or transformers audio classifier
@@ -70,8 +74,7 @@ class EvalSettings:
 
 def load_split(settings: EvalSettings, task: str) -> list[dict]:
     """The clips of `settings.split` that `task` is evaluated on (at most `max_clips`), as rows of dicts."""
-    [(name, folder, _)] = registry.DATASETS[settings.dataset].layouts([task])
-    dataset, report = registry.loader(name)(Path(settings.data_dir) / folder, settings.split)
+    dataset, report = registry.DATASETS[settings.dataset].layout(task).load(settings.data_dir, settings.split)
     rows = list(dataset)
     if settings.max_clips:
         rows = rows[: settings.max_clips]
@@ -95,23 +98,42 @@ def generate_outputs(model, processor, task: str, rows: list[dict], settings: Ev
     """Captions (text tasks) or mono waveforms at the model's rate (audio tasks), one per row, in batches of
     `settings.batch_size`; each row gives the inputs of `task` from its columns (`example_inputs`)."""
     outputs: list[Any] = []
-    sampling: dict[str, Any] = {"do_sample": settings.do_sample}
-    if settings.top_k is not None:
-        sampling["top_k"] = settings.top_k
+    text = TASKS[task].output == "text"
+    names = ("do_sample", "top_k", "max_new_tokens") if text else ("do_sample", "top_k", "guidance_scale")
+    sampling = {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
+    if not text and settings.seconds is not None:
+        sampling["audio_length_in_s"] = settings.seconds
     for batch in _batches(rows, settings.batch_size):
         inputs = processor(**batch_inputs([example_inputs(row, task) for row in batch])).to(model.device)
         with torch.no_grad():
-            if TASKS[task].output == "text":
-                ids = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, **sampling)
+            if text:
+                ids = model.generate(**inputs, **sampling)
                 texts = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 outputs += [t.strip() for t in texts]
             else:
-                seconds = settings.seconds or model.config.max_audio_seconds
-                guidance = {} if settings.guidance_scale is None else {"guidance_scale": settings.guidance_scale}
-                out = model.generate(**inputs, audio_length_in_s=seconds, **sampling, **guidance)
+                out = model.generate(**inputs, **sampling)
                 outputs += [np.asarray(w, dtype=np.float32).mean(axis=0) for w in processor.decode_audio(out)]
         bar.update(len(batch))
     return outputs
+
+
+def save_audio(task: str, rows: list[dict], waves: list[np.ndarray], rate: int, folder: str | Path) -> list[str]:
+    """Writes the generated waveforms as `folder/{task}/{id}.wav` and returns the paths."""
+    paths = []
+    for row, wave in zip(rows, waves):
+        path = Path(folder) / task / f"{str(row['id']).replace('/', '_')}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(path, wave, rate)
+        paths.append(str(path))
+    return paths
+
+
+def synthfoley_scores(task: str, rows: list[dict], outputs: list[Any], rate: int, settings: EvalSettings):
+    """`(scores, intervals, records)` of one SynthFoley task against the clips' true events."""
+    truth = scoring.clip_events(settings.data_dir, registry.DATASETS["synthfoley"].layout(task).folder, settings.split)
+    if TASKS[task].output == "text":
+        return scoring.score_captions(rows, outputs, truth)
+    return scoring.score_audio(task, rows, outputs, rate, truth, settings.seed)
 
 
 def _audio_scores(task: str, rows: list[dict], generated: list[np.ndarray], rate: int, settings: EvalSettings,
@@ -204,12 +226,20 @@ def run_eval(model, processor, settings: EvalSettings) -> dict[str, Any]:
                 scores, skipped = _caption_scores(rows, outputs, settings)
             else:
                 scores, skipped = _audio_scores(task, rows, outputs, rate, settings, models)
+            entry = results["tasks"][task] = {"clips": len(rows), "scores": scores, "skipped": skipped}
+            if settings.dataset == "synthfoley":
+                strict, entry["intervals"], entry["records"] = synthfoley_scores(task, rows, outputs, rate, settings)
+                scores.update(strict)
+            if settings.audio_dir and TASKS[task].output == "audio":
+                paths = save_audio(task, rows, outputs, rate, settings.audio_dir)
+                for record, path in zip(entry.get("records", []), paths):
+                    record["wav"] = path
+            if TASKS[task].output == "text":
+                entry["samples"] = [{"id": r["id"], "generated": c, "references": r["captions"]}
+                                    for r, c in list(zip(rows, outputs))[:10]]  # fmt: skip
+            entry["seconds"] = {"generation": middle - start, "metrics": time.perf_counter() - middle}
             generation_s += middle - start
             metrics_s += time.perf_counter() - middle
-            results["tasks"][task] = {"clips": len(rows), "scores": scores, "skipped": skipped}
-            if TASKS[task].output == "text":
-                results["tasks"][task]["samples"] = [{"id": r["id"], "generated": c, "references": r["captions"]}
-                                                     for r, c in list(zip(rows, outputs))[:10]]  # fmt: skip
     clips = sum(len(r) for r in splits.values())
     results["timing"] = {"clips": clips, "generation_s": generation_s, "metrics_s": metrics_s,
                          "clips_per_s": clips / max(generation_s + metrics_s, 1e-9)}  # fmt: skip
@@ -249,12 +279,26 @@ def markdown_tables(results: dict[str, Any], label: str = "this run") -> str:
     if any(extra.values()):
         lines += ["## Other scores", "", "| Task | Metric | Value |", "| --- | --- | ---: |"]
         lines += [f"| {t} | {k} | {v:.4f} |" for t, values in extra.items() for k, v in values.items()] + [""]
+    if results["dataset"] == "synthfoley":
+        lines += ["## SynthFoley: strict measures (lenient ones labelled)", "", synthfoley_table(results), ""]
     lines.append(f"Paper numbers: {reference['source']}.")
     return "\n".join(lines) + "\n"
 
 
+def synthfoley_table(results: dict[str, Any]) -> str:
+    """The SynthFoley measures of `results` as a markdown table with their 95% intervals."""
+    lines = ["| Task | Measure | Value | 95% interval | Clips |", "| --- | --- | ---: | --- | ---: |"]
+    for task, entry in results["tasks"].items():
+        for key, name in scoring.MEASURES.items():
+            if key in entry["scores"]:
+                low_high = entry.get("intervals", {}).get(key)
+                interval = f"{low_high[0]:.3f} – {low_high[1]:.3f}" if low_high else ""
+                lines.append(f"| {task} | {name} | {entry['scores'][key]:.3f} | {interval} | {entry['clips']} |")
+    return "\n".join(lines)
+
+
 # ---- model card -----------------------------------------------------------------------------------------------------
-METRIC_NAMES = {"fad": "FAD", "kl": "KL", "inception_score": "ISc", "clap_score": "CLAP score", "onset_accuracy":
+METRIC_NAMES = {**scoring.MEASURES, "fad": "FAD", "kl": "KL", "inception_score": "ISc", "clap_score": "CLAP score", "onset_accuracy":
                 "# Onset Accuracy", "onset_ap": "Onset AP", "onset_detection_accuracy": "Onset detection accuracy",
                 "bleu_4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D", "spice": "SPICE",
                 "spider": "SPIDEr"}  # fmt: skip
@@ -301,13 +345,17 @@ def add_eval_parser(commands, formatter_class) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for results.json and results.md")
     p.add_argument("--max-clips", type=int, metavar="N", help="evaluate the first N clips of each task only")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N", help="clips per generate call")
-    p.add_argument("--seconds", type=float, metavar="S", help="generated audio length (default: the model's max_audio_seconds)")
-    p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, metavar="N", help="caption length limit")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--seconds", type=float, metavar="S", help="generated audio length (default: the model's "
+                   "generation config: its audio_length_in_s, else up to max_audio_seconds)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", help="caption length limit (default: the model's "
+                   "generation config)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding for every task (default: the model's "
+                   "generation config, which samples audio and decodes captions greedily)")
     p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens (default: the model's "
                    "generation config)")
     p.add_argument("--guidance-scale", type=float, metavar="F", help="classifier-free guidance of the audio outputs "
-                   "(default: none)")
+                   "(default: the model's generation config, else none)")
+    p.add_argument("--save-audio", metavar="DIR", help="also write the generated audio as DIR/{task}/{clip id}.wav")
     p.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
     m = p.add_argument_group("metric models (local folders, checkpoint files or Hub ids; nothing is downloaded)")
     m.add_argument("--embedding", choices=AudioEmbedder.KINDS, default=defaults.embedding, help="FAD embedding")
@@ -336,9 +384,10 @@ def cmd_eval(args, parser) -> int:
     settings = EvalSettings(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split, tasks=tuple(args.tasks) if args.tasks else None,
         max_clips=args.max_clips, batch_size=args.batch_size, seconds=args.seconds, max_new_tokens=args.max_new_tokens,
-        do_sample=not args.greedy, top_k=args.top_k, guidance_scale=args.guidance_scale, seed=args.seed,
+        do_sample=False if args.greedy else None, top_k=args.top_k, guidance_scale=args.guidance_scale, seed=args.seed,
         embedding=args.embedding, embedding_model=args.embedding_model, classifier=args.classifier, clap_model=args.clap_model, inception_splits=args.inception_splits,
         caption_metrics=tuple(args.caption_metrics), java=args.java, corenlp=args.corenlp, device=args.device,
+        audio_dir=args.save_audio,
     )  # fmt: skip
     model, processor = load_model(args.model)
     model.to(args.device)

@@ -32,6 +32,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -41,6 +42,7 @@ from c3llm.data.collator import C3LLMDataCollator, with_tasks
 from c3llm.synthfoley.synthfoley import write_synthfoley
 from conversion.build_c3llm import save_folder
 from conversion.hub_c3llm import merge_adapter
+from conversion.model_card import render_model_card
 from modeling_c3llm import C3LLMForConditionalGeneration
 from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import TASKS
@@ -280,11 +282,13 @@ def _stage_report(stage: str, dataset: str, report: Any) -> dict[str, Any]:
     return {"stage": stage, "dataset": dataset, **report.to_dict()}
 
 
-def _prepare_split(data, name: str, root: Path, split: str, tasks: list[str], limit: int | None, model, processor,
+def _prepare_split(data, layout: registry.Layout, root: Path, split: str, limit: int | None, model, processor,
                    data_args: DataArguments):
-    """Loads one split, keeps `limit` clips, adds what its tasks need (codec codes, video features), expands tasks.
-    Returns the dataset and what happened to its clips: the report of the loader and of each preprocessing step."""
-    dataset, report = registry.loader(name)(root, split, **({"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}))
+    """Loads one split of `layout` under the data folder `root`, keeps `limit` clips, adds what its tasks need (codec
+    codes, video features), expands tasks. Returns the dataset and what happened to its clips: the report of the
+    loader and of each preprocessing step."""
+    name, tasks = layout.reader, list(layout.tasks)
+    dataset, report = layout.load(root, split, **({"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}))
     print(_describe(report))
     part = {"dataset": name, "total": report.total, "left_out": 0, "stages": [_stage_report("load", name, report)]}
     if limit is not None:
@@ -329,18 +333,17 @@ def load_datasets(data_args: DataArguments, model, processor, training_args: Tra
     root = Path(data_args.data_dir)
     if data_args.dataset == "synthfoley":
         # Procedural data in the AudioCaps and VGGSound layouts: generated on first use, then reused.
-        if not (root / spec.audio_layout).is_dir():
-
+        if not all((root / part.folder).is_dir() for part in spec.parts):
             write_synthfoley(root)
     elif not root.is_dir():
         raise FileNotFoundError(f"--data_dir {root} does not exist.")
-    parts = [(name, root / folder, part) for name, folder, part in spec.layouts(tasks)]
+    parts = spec.layouts(tasks)
 
     reports = {} if reports is None else reports
 
     def build(key: str, split: str, limit: int | None):
-        pieces, done = zip(*[_prepare_split(data, name, path, split, part_tasks, limit, model, processor, data_args)
-                             for name, path, part_tasks in parts])
+        pieces, done = zip(*[_prepare_split(data, layout, root, split, limit, model, processor, data_args)
+                             for layout in parts])
         reports[key] = _split_report(split, list(done))
         return pieces[0] if len(pieces) == 1 else concatenate_datasets(list(pieces))
 
@@ -564,8 +567,13 @@ def run_training(
                 merged.freeze_encoders()
             merged.config.nar_loss_weight = nar_loss_weight  # stage 1 trained with weight 0; keep the model's own
             save_folder(merged, processor, merged_dir)
-    else:
-        trainer.save_model(str(merged_dir))  # the whole model with its processor and code
+    elif trainer.is_fsdp_enabled:
+        trainer.save_model(str(merged_dir))  # collective: gathers the sharded weights, with processor and code
+        if trainer.is_world_process_zero():  # a Hub-ready folder: a model card, no pickled training arguments
+            (merged_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+            render_model_card(trainer.accelerator.unwrap_model(trainer.model).config).save(merged_dir / "README.md")
+    elif trainer.is_world_process_zero():
+        save_folder(trainer.accelerator.unwrap_model(trainer.model), processor, merged_dir)
     trainer.accelerator.wait_for_everyone()
 
     metrics.update(

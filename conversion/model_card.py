@@ -44,7 +44,33 @@ def task_example(task: Task) -> tuple[str, str, str]:
 
 # One example per task, then the pipeline. The card's tests run every snippet on a tiny model.
 TASK_EXAMPLES = (*(task_example(task) for task in TASKS.values()), PIPELINE_EXAMPLE)
-NO_RESULTS = "No evaluation results yet: `c3llm` evaluation writes them into this card's `model-index`."
+NO_RESULTS = "No evaluation results yet: `c3llm eval --model-card` writes them into this card's `model-index`."
+EVALUATION_HEADING = "## Evaluation"
+
+
+def format_value(value) -> str:
+    """A metric value as the card's evaluation table prints it."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def evaluation_text(results: list[EvalResult] | None) -> str:
+    """The card's evaluation section body: one table row per `model-index` result, so prose and metadata agree."""
+    if not results:
+        return NO_RESULTS
+    rows = [f"| {r.task_name or r.task_type} | {r.dataset_name} | {r.dataset_split or ''} | "
+            f"{r.metric_name or r.metric_type} | {format_value(r.metric_value)} |" for r in results]
+    return "| task | dataset | split | metric | value |\n| --- | --- | --- | --- | ---: |\n" + "\n".join(rows)
+
+
+def _with_evaluation(text: str, results: list[EvalResult] | None) -> str:
+    """`text` (a card's markdown body) with its evaluation section rewritten from `results` (appended if absent)."""
+    body = f"\n{evaluation_text(results)}\n"
+    start = text.find(f"\n{EVALUATION_HEADING}\n")
+    if start < 0:
+        return text.rstrip("\n") + f"\n\n{EVALUATION_HEADING}\n{body}"
+    start += len(EVALUATION_HEADING) + 2
+    end = text.find("\n## ", start)
+    return text[:start] + body + (text[end:] if end >= 0 else "")
 
 
 def card_data(config=None, results: list[dict] | None = None, base_model: str = "google/gemma-2b") -> ModelCardData:
@@ -77,10 +103,7 @@ def render_model_card(
     base_model = base_model or getattr(getattr(config, "text_config", None), "_name_or_path", "") or "google/gemma-2b"
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", base_model):  # a local folder: name the default Hub backbone
         base_model = "google/gemma-2b"
-    evaluation = NO_RESULTS
-    if results:
-        rows = [f"| {r['task_name']} | {r['dataset_name']} | {r['metric_name']} | {r['metric_value']} |" for r in results]
-        evaluation = "| task | dataset | metric | value |\n| --- | --- | --- | --- |\n" + "\n".join(rows)
+    evaluation = evaluation_text([EvalResult(**result) for result in results] if results else None)
     return ModelCard.from_template(
         card_data(config, results, base_model),
         template_path=str(TEMPLATE),
@@ -123,8 +146,9 @@ def check_model_card(card: ModelCard | str | os.PathLike) -> ModelCard:
 
 def update_model_index(card_path: str | os.PathLike, results: list[dict]) -> ModelCard:
     """Adds or replaces evaluation `results` (dicts of `EvalResult` fields: task_type, dataset_type, dataset_name,
-    metric_type, metric_value, ...) in the `model-index` of the card at `card_path` (a new card when there is none),
-    keeping the rest of the card; rewrites the file atomically."""
+    metric_type, metric_value, ...) in the `model-index` of the card at `card_path` (a new card when there is none)
+    and rewrites the card's evaluation table from the whole `model-index`, keeping the rest of the card; the file is
+    replaced atomically."""
 
     card = ModelCard.load(card_path) if Path(card_path).is_file() else ModelCard("---\n---\n")
     if not isinstance(card.data, ModelCardData):
@@ -134,5 +158,6 @@ def update_model_index(card_path: str | os.PathLike, results: list[dict]) -> Mod
     card.data.eval_results = kept + new
     card.data.model_name = card.data.model_name or MODEL_NAME
     _check_model_index(card.data.to_dict())
+    card.text = _with_evaluation(card.text, card.data.eval_results)
     write_text(card_path, str(card))
     return card

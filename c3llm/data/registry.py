@@ -8,40 +8,71 @@ card's `model-index` under the task's name as `task_type`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 from c3llm.data import datasets
 from processing_c3llm.processing_c3llm import TASKS
 
-# Inputs that need a clip's video (or a picture of it): such tasks read the video layout of a composite dataset.
-VISUAL_INPUTS = frozenset({"video", "image"})
+
+@dataclass(frozen=True)
+class Layout:
+    """One folder of a dataset: `folder` under the data folder ("" for the folder itself) is read by the loader of
+    the dataset `reader`, with the keyword `options`, for `tasks`."""
+
+    folder: str
+    reader: str
+    tasks: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, root: str | os.PathLike, split: str, **kwargs: Any):
+        """`(dataset, report)` of this layout's `split` under the data folder `root`."""
+        return loader(self.reader)(Path(root) / self.folder, split, **self.options, **kwargs)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset: `loader` names its `load_*` function in `c3llm.data.datasets` (`None` for a composite of other
-    layouts), `train_tasks` are what `c3llm train` trains by default, `eval_tasks` what `c3llm eval` scores (none: not
-    an evaluation set). A composite keeps, in sub-folders named after them, an `audio_layout` for the tasks without
-    visual input and a `video_layout` for the others."""
+    layouts, listed in `parts`), `train_tasks` are what `c3llm train` trains by default, `eval_tasks` what
+    `c3llm eval` scores (none: not an evaluation set)."""
 
     name: str
     loader: str | None
     train_tasks: tuple[str, ...] = ()
     eval_tasks: tuple[str, ...] = ()
-    audio_layout: str | None = None
-    video_layout: str | None = None
+    parts: tuple[Layout, ...] = ()
 
-    def layouts(self, tasks: Iterable[str]) -> list[tuple[str, str, list[str]]]:
-        """Where each task's clips come from: `(dataset whose loader reads them, sub-folder of the data folder or ""
-        for the folder itself, its tasks in the order given)`, one entry per layout that serves any of `tasks`."""
+    def layouts(self, tasks: Iterable[str]) -> list[Layout]:
+        """Where the clips of `tasks` come from: one `Layout` per folder that serves any of them, holding those of
+        `tasks` it serves, in the order given."""
         tasks = list(tasks)
         if self.loader is not None:
-            return [(self.name, "", tasks)]
-        visual = [task for task in tasks if VISUAL_INPUTS & set(TASKS[task].inputs)]
-        parts = ((self.audio_layout, [task for task in tasks if task not in visual]), (self.video_layout, visual))
-        return [(layout, layout, part) for layout, part in parts if part]
+            return [Layout("", self.name, tuple(tasks))]
+        served = {task for part in self.parts for task in part.tasks}
+        if missing := [task for task in tasks if task not in served]:
+            raise ValueError(f"{self.name} has no clips for {missing}; it serves {sorted(served)}.")
+        chosen = [replace(part, tasks=tuple(t for t in tasks if t in part.tasks)) for part in self.parts]
+        return [part for part in chosen if part.tasks]
 
+    def layout(self, task: str) -> Layout:
+        """The one layout whose clips `task` uses."""
+        [part] = self.layouts([task])
+        return part
+
+
+# SynthFoley (`c3llm.synthfoley.synthfoley.write_synthfoley`): the same clips as audio (AudioCaps layout), as videos
+# of class shapes with a picture of their events (VGGSound layout) and as videos of class-neutral shapes, where only
+# the text can give the classes (VGGSound layout).
+SYNTHFOLEY_TASKS = tuple(TASKS)
+SYNTHFOLEY_PARTS = (
+    Layout("audiocaps", "audiocaps", ("text-to-audio", "audio-to-text")),
+    Layout("vggsound", "vggsound", ("video-to-audio", "video-to-caption", "image-to-audio", "image-text-to-audio"),
+           {"image_template": "image/{youtube_id}.png"}),
+    Layout("neutral", "vggsound", ("video-text-to-audio",)),
+)  # fmt: skip
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -51,10 +82,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("vggsound", "load_vggsound", ("video-to-audio",), ("video-to-audio",)),
         DatasetSpec("vas", "load_vas", ("video-to-audio",), ("video-to-audio",)),
         DatasetSpec("folder", "load_folder", ("text-to-audio",)),
-        # SynthFoley (`c3llm.synthfoley.synthfoley.write_synthfoley`): AudioCaps and VGGSound layouts side by side.
-        DatasetSpec("synthfoley", None, ("text-to-audio", "audio-to-text", "video-to-audio"),
-                    ("audio-to-text", "text-to-audio", "video-to-audio"), audio_layout="audiocaps",
-                    video_layout="vggsound"),
+        DatasetSpec("synthfoley", None, SYNTHFOLEY_TASKS, SYNTHFOLEY_TASKS, SYNTHFOLEY_PARTS),
     )
 }  # fmt: skip
 TRAIN_DATASETS = [name for name, spec in DATASETS.items() if spec.train_tasks]
@@ -70,4 +98,4 @@ def loader(name: str) -> Callable:
     return getattr(datasets, spec.loader)
 
 
-__all__ = ["DATASETS", "EVAL_DATASETS", "TRAIN_DATASETS", "VISUAL_INPUTS", "DatasetSpec", "loader"]
+__all__ = ["DATASETS", "EVAL_DATASETS", "TRAIN_DATASETS", "DatasetSpec", "Layout", "loader"]
