@@ -181,7 +181,7 @@ def _caption_scores(rows: list[dict], captions: list[str], settings: EvalSetting
             if name in metrics:
                 skipped[name] = "needs Stanford CoreNLP 3.6.0 (see the audio_captioning metric's error for how to add it)"
         metrics = [m for m in metrics if m not in ("spice", "spider")]
-    references = [r["captions"] or [r["caption"]] for r in rows]
+    references = [r["captions"] or [r["caption"] or r["label"]] for r in rows]  # VGGSound layouts: the label
     scores = caption_scores(captions, references, metrics, java=settings.java, corenlp=settings.corenlp) if metrics else {}
     return scores, skipped
 

@@ -9,6 +9,8 @@ import torch
 from c3llm.cli import main
 from c3llm.metrics.audio_models import Cnn14, VGGish, save_audio_model
 from c3llm.synthfoley.synthfoley import write_synthfoley
+from conversion.model_card import format_value
+from processing_c3llm.processing_c3llm import TASKS
 
 
 @pytest.mark.slow
@@ -26,7 +28,7 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     assert code == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     tasks = results["tasks"]
-    assert set(tasks) == {"audio-to-text", "text-to-audio", "video-to-audio"}
+    assert set(tasks) == set(TASKS)  # SynthFoley serves all seven tasks
     assert all(t["clips"] == 3 for t in tasks.values())
     assert {"bleu_4", "rouge_l", "cider_d"} <= set(tasks["audio-to-text"]["scores"])
     assert "spider" in tasks["audio-to-text"]["skipped"] or "spider" in tasks["audio-to-text"]["scores"]
@@ -35,7 +37,15 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
         assert tasks[task]["scores"]["inception_splits"] == 2
     assert {"onset_accuracy", "onset_ap"} <= set(tasks["video-to-audio"]["scores"])
     assert "clap_score" in tasks["text-to-audio"]["skipped"]
-    assert results["timing"]["clips"] == 9 and results["timing"]["clips_per_s"] > 0
+    assert results["timing"]["clips"] == 21 and results["timing"]["clips_per_s"] > 0
+    # The strict SynthFoley measures, each rate with its interval, and one record per clip.
+    for task, entry in tasks.items():
+        assert 0.0 <= entry["scores"]["class_sequence_exact"] <= 1.0 and len(entry["records"]) == 3
+        low, high = entry["intervals"]["class_sequence_exact"]
+        assert 0.0 <= low <= entry["scores"]["class_sequence_exact"] <= high <= 1.0
+        if "video" in TASKS[task].inputs and TASKS[task].output == "audio":
+            assert {"onset_f1", "onset_f1_mismatched", "onset_f1_gap", "lenient_onset_precision"} <= set(entry["scores"])
+            assert all(len(r["visual_onsets"]) >= 1 for r in entry["records"])
     table = (tmp_path / "eval" / "results.md").read_text()
     for title in ("Table 1, V2A", "Table 1, A2T", "Table 1, T2A", "Table 2"):
         assert title in table
@@ -48,6 +58,10 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
 
     loaded = ModelCard.load(card)
     assert loaded.data.license == "gemma" and "Body text." in loaded.text
+    # The card's prose table says what its model-index says, row for row.
+    table_rows = [line for line in loaded.text.split("## Evaluation")[1].splitlines() if line.startswith("| ")][1:]
+    assert table_rows == [f"| {r.task_name or r.task_type} | {r.dataset_name} | {r.dataset_split} | {r.metric_name} | "
+                          f"{format_value(r.metric_value)} |" for r in loaded.data.eval_results]  # fmt: skip
     values = {(r.task_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
     assert values[("video-to-audio", "onset_ap")] == pytest.approx(onset_ap)
     assert values[("text-to-audio", "fad")] == pytest.approx(tasks["text-to-audio"]["scores"]["fad"])
