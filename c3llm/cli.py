@@ -514,9 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     # `c3llm train ...` is handed to the training recipe's own HfArgumentParser (see main); listed here for --help.
     commands.add_parser("train", help="fine-tune with the Trainer recipes (see `c3llm train --help`)", add_help=False)
 
-    from .demo import add_demo_parser
+    from .demo import add_demo_parser, add_synthfoley_parser
 
     add_demo_parser(commands, _HelpFormatter)
+    add_synthfoley_parser(commands, _HelpFormatter)
     from .evaluation import add_eval_parser
 
     add_eval_parser(commands, _HelpFormatter)

@@ -31,8 +31,7 @@ from processing_c3llm.media_c3llm import atomic_path, load_audio, write_text
 from processing_c3llm.processing_c3llm import TASKS
 
 from .data.registry import DATASETS
-from .evaluation import EvalSettings, markdown_tables, model_index_results, run_eval, synthfoley_table
-from .synthfoley import scoring
+from .evaluation import EvalSettings, markdown_tables, model_index_results, run_eval
 from .training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
@@ -393,6 +392,49 @@ def add_demo_parser(commands, formatter_class) -> None:
     demo.add_argument("--codec", default=defaults.codec_dir, metavar="DIR",
                       help="EnCodec folder; the default is the SynthFoley codec shipped in c3llm/synthfoley/codec")
     demo.set_defaults(handler=cmd_demo, subparser=demo)
+
+
+SYNTHFOLEY_EPILOG = """examples:
+  c3llm synthfoley --out outputs/sf-test --test 200 --seed 1     # held-out clips of another seed, nothing to train on
+  c3llm eval --model outputs/demo/model --dataset synthfoley --data-dir outputs/sf-test --out outputs/eval-200
+  c3llm synthfoley --out data/sf --train 2000 --test 100          # data for `c3llm train --dataset synthfoley`
+
+Writes DIR/audiocaps (WAV + captions), DIR/vggsound (MP4 of class shapes + a PNG picture of the events per clip) and
+DIR/neutral (MP4 of class-neutral shapes), each with synthfoley_{split}.json holding the clips' true events.
+"""
+
+
+def add_synthfoley_parser(commands, formatter_class) -> None:
+    """Adds `c3llm synthfoley` (write a SynthFoley dataset) to the command line's sub-commands."""
+    sf = commands.add_parser(
+        "synthfoley", help="write a SynthFoley dataset (train and test splits in every layout)",
+        description="Write SynthFoley clips (procedural sound events with captions, videos and pictures) in the\n"
+        "AudioCaps and VGGSound layouts that `c3llm train` and `c3llm eval --dataset synthfoley` read.",
+        epilog=SYNTHFOLEY_EPILOG, formatter_class=formatter_class,
+    )  # fmt: skip
+    sf.add_argument("--out", required=True, type=Path, metavar="DIR", help="new or empty folder")
+    sf.add_argument("--train", type=int, default=0, metavar="N", help="training clips (audio layout)")
+    sf.add_argument("--test", type=int, default=200, metavar="N", help="test clips (in every layout)")
+    sf.add_argument("--video-train", type=int, metavar="N", help="training clips also written as class videos with "
+                    "pictures (default: all)")
+    sf.add_argument("--neutral-train", type=int, metavar="N", help="training clips also written as class-neutral "
+                    "videos (default: --video-train)")
+    sf.add_argument("--seed", type=int, default=1, help="seed of the clips (the demo trains and tests on seed 0)")
+    sf.add_argument("--workers", type=int, default=2, metavar="N", help="processes writing the clips")
+    sf.set_defaults(handler=cmd_synthfoley, subparser=sf)
+
+
+def cmd_synthfoley(args, parser) -> int:
+    if args.train < 0 or args.test < 0 or args.train + args.test == 0:
+        parser.error("--train and --test must not be negative, and not both 0")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"--out {args.out} is not empty; choose a new folder.")
+    check_writable(args.out)
+    folders = write_synthfoley(args.out, train=args.train, test=args.test, seed=args.seed, video_train=args.video_train,
+                               neutral_train=args.neutral_train, workers=args.workers)  # fmt: skip
+    print(f"wrote {args.train} training and {args.test} test clips (seed {args.seed}) into "
+          f"{', '.join(str(folder) for folder in folders.values())}")
+    return 0
 
 
 def cmd_demo(args, parser) -> int:

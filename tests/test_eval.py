@@ -66,8 +66,8 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     assert values[("video-to-audio", "onset_ap")] == pytest.approx(onset_ap)
     assert values[("text-to-audio", "fad")] == pytest.approx(tasks["text-to-audio"]["scores"]["fad"])
     # A second run replaces the same task/dataset results instead of appending duplicates.
-    from conversion.model_card import update_model_index
     from c3llm.evaluation import model_index_results
+    from conversion.model_card import update_model_index
 
     update_model_index(card, model_index_results(results))
     assert len(ModelCard.load(card).data.eval_results) == len(loaded.data.eval_results)

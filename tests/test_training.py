@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, TrainerCallback
 
-from modeling_c3llm import C3LLMForConditionalGeneration
+from c3llm.data.collator import C3LLMDataCollator
 from c3llm.training import (
     PROJECTORS,
     C3LLMTrainingArguments,
@@ -29,8 +29,8 @@ from c3llm.training import (
     run_training,
     standardize_projectors,
 )
-from c3llm.data.collator import C3LLMDataCollator
-
+from conversion.hub_c3llm import verify_model_folder
+from modeling_c3llm import C3LLMForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "c3llm" / "recipes"
@@ -223,8 +223,8 @@ def test_efficient_token_rows_match_peft_and_skip_the_frozen_rows_gradient(tied,
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     from torch.utils.flop_counter import FlopCounterMode
 
-    from conversion.build_c3llm import tiny_config, tiny_tokenizer
     from c3llm.token_rows import EfficientTrainableTokens
+    from conversion.build_c3llm import tiny_config, tiny_tokenizer
 
     config = tiny_config(len(tiny_tokenizer()))
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = tied
@@ -292,7 +292,8 @@ def test_stage1_overfits_and_logs_losses_separately(stage1):
     metrics = stage1["metrics"]
     assert metrics["eval_lm_loss"] == pytest.approx(metrics["eval_loss"], abs=1e-4)
     assert Path(metrics["adapter_path"], "adapter_config.json").is_file()
-    assert Path(metrics["merged_path"], "model.safetensors").is_file()
+    assert "model.safetensors" in verify_model_folder(metrics["merged_path"])
+    assert not list(Path(metrics["merged_path"]).glob("*.bin"))
 
 
 def test_adapter_round_trip_and_merged_model_match(stage1, tiny_folder):
@@ -373,6 +374,9 @@ def test_stage2_trains_only_the_nar_head(stage1, tiny_folder, data_files, tmp_pa
     assert metrics["adapter_path"] is None
     saved = C3LLMForConditionalGeneration.from_pretrained(metrics["merged_path"]).state_dict()
     assert all(torch.equal(saved[n], snapshot.after[n]) for n in snapshot.after)
+    # A Hub-ready folder: model card, code, safetensors and no pickled training arguments.
+    assert "model.safetensors" in verify_model_folder(metrics["merged_path"])
+    assert not list(Path(metrics["merged_path"]).glob("*.bin"))
 
 
 # ---- resume -------------------------------------------------------------------------------------------------------

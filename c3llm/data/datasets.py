@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import av
@@ -29,13 +30,14 @@ import numpy as np
 import soundfile as sf
 import torch
 from datasets import Dataset, Features, IterableDataset, List, Value
+from PIL import Image
 
 from processing_c3llm.media_c3llm import MediaError, load_audio, resample, write_text
 
 logger = logging.getLogger(__name__)
 
 # Bump when the loaders or the mapped functions change what they produce, so old caches are not reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 _ERROR_COLUMN = "_c3llm_error"
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -43,8 +45,8 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
 _STRING = Value("string")
 EXAMPLE_FEATURES = Features(
-    {"id": _STRING, "task": _STRING, "audio_path": _STRING, "video_path": _STRING, "caption": _STRING,
-     "captions": List(_STRING), "label": _STRING}
+    {"id": _STRING, "task": _STRING, "audio_path": _STRING, "video_path": _STRING, "image_path": _STRING,
+     "caption": _STRING, "captions": List(_STRING), "label": _STRING}
 )  # fmt: skip
 Loaded = tuple[Dataset | IterableDataset, "LoadReport"]
 
@@ -160,22 +162,40 @@ def probe_video(path: str, require_audio: bool = False) -> str | None:
     return None
 
 
+def probe_image(path: str) -> str | None:
+    """Cheap load-time check of an image file (reads its header and checks its structure): the reason it is
+    unusable, or None."""
+    if reason := _probe_file(path):
+        return reason
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as e:
+        return f"unreadable image ({type(e).__name__}: {e})"
+    return None
+
+
+_PROBES = {"audio": probe_audio, "video": probe_video, "video+audio": partial(probe_video, require_audio=True),
+           "image": probe_image}  # fmt: skip
+
+
 # ---- loaders -----------------------------------------------------------------------------------------------------
 def _example(
-    id: str, task: str, audio_path: str | None = None, video_path: str | None = None,
+    id: str, task: str, audio_path: str | None = None, video_path: str | None = None, image_path: str | None = None,
     captions: Sequence[str] = (), label: str | None = None, require_audio: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     captions = [c.strip() for c in captions if c and c.strip()]
     checks = [(audio_path, "audio")] if audio_path else []
     checks += [(video_path, "video+audio" if require_audio else "video")] if video_path else []
+    checks += [(image_path, "image")] if image_path else []
     caption = captions[0] if captions else None
-    return {"id": id, "task": task, "audio_path": audio_path, "video_path": video_path, "caption": caption,
-            "captions": captions, "label": label, "_checks": checks}  # fmt: skip
+    return {"id": id, "task": task, "audio_path": audio_path, "video_path": video_path, "image_path": image_path,
+            "caption": caption, "captions": captions, "label": label, "_checks": checks}  # fmt: skip
 
 
 def _check(example: dict[str, Any], report: LoadReport) -> bool:
     for path, kind in example["_checks"]:
-        reason = probe_audio(path) if kind == "audio" else probe_video(path, require_audio=kind == "video+audio")
+        reason = _PROBES[kind](path)
         if reason is not None:
             report.add(example["id"], path, reason)
             return False
@@ -295,10 +315,13 @@ def _caption_index(key: str) -> int:
 def load_vggsound(
     root: str | os.PathLike, split: str, csv_template: str = "vggsound.csv",
     video_template: str = "video/{youtube_id}_{start_seconds:06d}.mp4", task: str = "video-to-audio",
-    require_audio: bool = True, streaming: bool = False, cache_dir: str | None = None,
+    require_audio: bool = True, image_template: str | None = None, streaming: bool = False,
+    cache_dir: str | None = None,
 ) -> Loaded:  # fmt: skip
     """VGGSound: header-less `vggsound.csv` rows `youtube_id,start_seconds,label,split`; the mp4 carries the audio
-    (with `require_audio`, clips without an audio stream are skipped)."""
+    (with `require_audio`, clips without an audio stream are skipped). With `image_template` (e.g.
+    `"image/{youtube_id}.png"`, the same fields as `video_template`) each example also gets that `image_path`, and
+    clips whose image is missing or unreadable are skipped."""
     root = os.path.abspath(root)
     csv_path = os.path.join(root, csv_template.format(split=split))
     examples = []
@@ -310,8 +333,11 @@ def load_vggsound(
             continue
         fields = {"youtube_id": youtube_id, "start_seconds": start, "label": label, "split": split}
         path = os.path.join(root, video_template.format(**fields))
+        image_path = os.path.join(root, image_template.format(**fields)) if image_template else None
         example_id = f"{youtube_id}_{start:06d}"
-        examples.append(_example(example_id, task, video_path=path, label=label, require_audio=require_audio))
+        examples.append(
+            _example(example_id, task, video_path=path, image_path=image_path, label=label, require_audio=require_audio)
+        )
     return _build(examples, f"vggsound/{split}", streaming, cache_dir)
 
 
@@ -617,5 +643,5 @@ def add_video_features(
 __all__ = [
     "EXAMPLE_FEATURES", "LoadReport", "add_audio_codes", "add_clap_inputs", "add_video_features",
     "compute_video_features", "load_audiocaps", "load_clotho", "load_folder", "load_vas", "load_vggsound",
-    "load_video_audio", "module_hash", "probe_audio", "probe_video",
+    "load_video_audio", "module_hash", "probe_audio", "probe_image", "probe_video",
 ]  # fmt: skip

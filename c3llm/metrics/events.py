@@ -54,7 +54,9 @@ def match_onsets(predicted: Sequence[float], reference: Sequence[float], toleran
     return matched
 
 
-def onset_counts(predicted: Sequence[float], reference: Sequence[float], tolerance: float = ONSET_TOLERANCE) -> tuple[int, int, int]:
+def onset_counts(
+    predicted: Sequence[float], reference: Sequence[float], tolerance: float = ONSET_TOLERANCE
+) -> tuple[int, int, int]:
     """(matched, predicted, reference) onset counts of one clip."""
     return match_onsets(predicted, reference, tolerance), len(predicted), len(reference)
 
@@ -115,6 +117,6 @@ def onset_f1(counts: Sequence[tuple[int, int, int]], seed: int = 0) -> dict[str,
 
 
 __all__ = [
-    "ONSET_TOLERANCE", "bootstrap_interval", "exact_sequence", "holds_all", "match_onsets", "mismatched", "onset_counts",
-    "onset_f1", "onset_scores", "rate", "same_set", "wilson_interval",
+    "ONSET_TOLERANCE", "bootstrap_interval", "exact_sequence", "holds_all", "match_onsets", "mismatched",
+    "onset_counts", "onset_f1", "onset_scores", "rate", "same_set", "wilson_interval",
 ]  # fmt: skip

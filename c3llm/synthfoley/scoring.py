@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -67,7 +66,9 @@ def _flag_scores(records: list[dict], keys: dict[str, str]) -> tuple[dict[str, f
     return scores, intervals
 
 
-def score_captions(rows: list[dict], captions: list[str], truth: dict[str, list[dict]]) -> tuple[dict, dict, list[dict]]:
+def score_captions(
+    rows: list[dict], captions: list[str], truth: dict[str, list[dict]]
+) -> tuple[dict, dict, list[dict]]:
     """`(scores, intervals, records)` of generated captions."""
     records = []
     for row, caption in zip(rows, captions, strict=True):
@@ -77,7 +78,8 @@ def score_captions(rows: list[dict], captions: list[str], truth: dict[str, list[
                         "reference_classes": reference, "generated_classes": generated,
                         "exact": events.exact_sequence(generated, reference),
                         "lenient_same_set": events.same_set(generated, reference)})  # fmt: skip
-    scores, intervals = _flag_scores(records, {"class_sequence_exact": "exact", "lenient_class_set": "lenient_same_set"})
+    scores, intervals = _flag_scores(records, {"class_sequence_exact": "exact",
+                                               "lenient_class_set": "lenient_same_set"})  # fmt: skip
     return scores, intervals, records
 
 
@@ -90,7 +92,8 @@ def score_audio(task: str, rows: list[dict], waves: list[np.ndarray], sampling_r
         reference = [event["label"] for event in true_events]
         detected = detect_events(wave, sampling_rate)
         classes = [event.label for event in detected]
-        record = {"id": row["id"], "condition": row.get("caption") or row.get("label"), "reference_classes": reference,
+        record = {"id": row["id"], "condition": row.get("caption") or row.get("label"),
+                  "reference_classes": reference,
                   "detected_classes": classes, "generated_onsets": [round(e.onset, 4) for e in detected],
                   "exact": events.exact_sequence(classes, reference), "same_set": events.same_set(classes, reference),
                   "lenient_present": events.holds_all(classes, reference)}  # fmt: skip
@@ -117,7 +120,8 @@ def onset_sync_scores(records: list[dict], seed: int = 0) -> tuple[dict, dict]:
     def gap(pairs):
         return events.onset_scores([p[0] for p in pairs])["f1"] - events.onset_scores([p[1] for p in pairs])["f1"]
 
-    near = sum(any(abs(t - v) <= events.ONSET_TOLERANCE for v in vis) for gen, vis in zip(generated, visual) for t in gen)
+    near = sum(any(abs(t - v) <= events.ONSET_TOLERANCE for v in vis)
+               for gen, vis in zip(generated, visual, strict=True) for t in gen)
     total = sum(len(gen) for gen in generated)
     scores = {"onset_precision": matched["precision"], "onset_recall": matched["recall"], "onset_f1": matched["value"],
               "onset_f1_mismatched": chance["value"], "onset_f1_gap": matched["value"] - chance["value"],

@@ -2,7 +2,10 @@
 VGGSound layouts so that the C3LLM data pipeline and metrics can be exercised without downloading anything.
 
 Every clip holds 1..N non-overlapping events from six classes. The audio is synthesized, the caption comes from a
-template and the video shows one colored shape per event, from the event's onset frame for its duration.
+template and the video shows one colored shape per event, from the event's onset frame for its duration. A picture
+of the clip (`render_glyphs`) shows its events left to right in the same shapes and colors, so it gives their order
+but not their timing; a class-neutral video (`neutral_frames`) shows every event as the same grey square, so it gives
+their timing but not their classes.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
 
 from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
 
@@ -34,8 +41,10 @@ EVENT_DURATIONS = {
     "hum": 0.6,
 }
 
-# class -> (shape, RGB color, size as a fraction of the frame side)
-EVENT_VISUALS = {
+Color = tuple[int, int, int]
+Visual = tuple[str, Color, float]  # (shape, RGB color, size as a fraction of the frame side)
+
+EVENT_VISUALS: dict[str, Visual] = {
     "high beep": ("square", (255, 255, 0), 0.25),
     "low beep": ("square", (0, 0, 255), 0.5),
     "chirp": ("triangle", (0, 255, 0), 0.375),
@@ -43,6 +52,9 @@ EVENT_VISUALS = {
     "click train": ("plus", (255, 0, 0), 0.375),
     "hum": ("bar", (255, 0, 255), 0.625),
 }
+NEUTRAL_VISUAL: Visual = ("square", (128, 128, 128), 0.375)  # every event in the class-neutral videos
+
+LAYOUTS = ("audiocaps", "vggsound", "neutral")  # the folders `write_synthfoley` writes under its root
 
 MIN_GAP = 0.1  # seconds of silence between consecutive events
 BACKGROUND_DB = -45.0  # dB re full scale, the standard deviation of the white background noise
@@ -155,26 +167,67 @@ def synthesize_event(label: str, rng: np.random.Generator, sampling_rate: int) -
     return amplitude * _fade(signal, sampling_rate)
 
 
-def _draw(frame: np.ndarray, label: str, rng: np.random.Generator) -> None:
-    """Draws the shape of class `label` at a random position that keeps it inside the frame."""
-    shape, color, fraction = EVENT_VISUALS[label]
-    height, width = frame.shape[:2]
-    size = max(2, round(fraction * min(height, width)))
+def shape_mask(shape: str, size: int) -> np.ndarray:
+    """Boolean mask of a shape `size` pixels wide: 'square', 'triangle', 'circle', 'plus' or 'bar' (a quarter as
+    tall)."""
     box_h = max(1, size // 4) if shape == "bar" else size
-    top = int(rng.integers(0, height - box_h + 1))
-    left = int(rng.integers(0, width - size + 1))
     y, x = np.mgrid[:box_h, :size]
     if shape == "triangle":
-        mask = np.abs(2 * x - (size - 1)) <= y
-    elif shape == "circle":
-        mask = (2 * y - (size - 1)) ** 2 + (2 * x - (size - 1)) ** 2 <= size**2
-    elif shape == "plus":
+        return np.abs(2 * x - (size - 1)) <= y
+    if shape == "circle":
+        return (2 * y - (size - 1)) ** 2 + (2 * x - (size - 1)) ** 2 <= size**2
+    if shape == "plus":
         bar = max(1, size // 3)
         middle = (size - bar) // 2
-        mask = ((y >= middle) & (y < middle + bar)) | ((x >= middle) & (x < middle + bar))
-    else:  # square, bar
-        mask = np.ones((box_h, size), dtype=bool)
-    frame[top : top + box_h, left : left + size][mask] = color
+        return ((y >= middle) & (y < middle + bar)) | ((x >= middle) & (x < middle + bar))
+    return np.ones((box_h, size), dtype=bool)  # square, bar
+
+
+def _paint(image: np.ndarray, mask: np.ndarray, top: int, left: int, color: Color) -> None:
+    image[top : top + mask.shape[0], left : left + mask.shape[1]][mask] = color
+
+
+def _draw(frame: np.ndarray, visual: Visual, rng: np.random.Generator) -> None:
+    """Draws `visual` at a random position that keeps it inside the frame."""
+    shape, color, fraction = visual
+    height, width = frame.shape[:2]
+    mask = shape_mask(shape, max(2, round(fraction * min(height, width))))
+    top = int(rng.integers(0, height - mask.shape[0] + 1))
+    left = int(rng.integers(0, width - mask.shape[1] + 1))
+    _paint(frame, mask, top, left, color)
+
+
+def _show(frames: np.ndarray, event: Event, fps: float, visual: Visual, rng: np.random.Generator) -> None:
+    """Draws `visual` on the event's onset frame and repeats that frame for the event's duration (`event_frames`)."""
+    shown = event_frames(event, fps)
+    _draw(frames[shown.start], visual, rng)
+    frames[shown.start + 1 : shown.stop] = frames[shown.start]
+
+
+def render_glyphs(labels: Sequence[str], size: int = 32) -> np.ndarray:
+    """A picture of an event sequence, uint8 RGB (size, size, 3): one glyph per event in its class shape and color
+    (`EVENT_VISUALS`), in equal slots from left to right, each as wide as its slot less a margin and vertically
+    centred, on black. It depends on the labels only."""
+    if not 1 <= len(labels) <= size // 4:
+        raise ValueError(f"a {size} px image holds 1 to {size // 4} glyphs, got {len(labels)}.")
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    slot = size // len(labels)
+    margin = max(1, slot // 8)
+    first = (size - slot * len(labels)) // 2 + margin
+    for index, label in enumerate(labels):
+        shape, color, _ = EVENT_VISUALS[label]
+        mask = shape_mask(shape, slot - 2 * margin)
+        _paint(image, mask, (size - mask.shape[0]) // 2, first + index * slot, color)
+    return image
+
+
+def neutral_frames(clip: Clip, rng: np.random.Generator) -> np.ndarray:
+    """The clip's video with every event drawn as the same `NEUTRAL_VISUAL` (at a random position) on the frames that
+    show its class shape: the events' timing stays visible, their classes do not."""
+    frames = np.zeros_like(clip.frames)
+    for event in clip.events:
+        _show(frames, event, clip.fps, NEUTRAL_VISUAL, rng)
+    return frames
 
 
 def _place(labels: list[str], duration: float, fps: float, rng: np.random.Generator) -> list[Event]:
@@ -217,9 +270,7 @@ def make_clip(
         signal = synthesize_event(event.label, rng, sampling_rate)
         start = round(event.onset * sampling_rate)
         audio[start : start + len(signal)] += signal[: num_samples - start]
-        shown = event_frames(event, fps)
-        _draw(frames[shown.start], event.label, rng)
-        frames[shown.start + 1 : shown.stop] = frames[shown.start]
+        _show(frames, event, fps, EVENT_VISUALS[event.label], rng)
     audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
     caption = make_caption([event.label for event in events])
     return Clip(audio, sampling_rate, events, caption, frames, fps)
@@ -234,37 +285,14 @@ def _clip_id(seed: int, split: str, index: int) -> str:
     return "sf" + hashlib.sha256(f"synthfoley/{seed}/{split}/{index}".encode()).hexdigest()[:9]
 
 
-def _write_sidecar(path: Path, entries: dict[str, dict], merge: bool) -> None:
-    if merge and path.is_file():
-        entries = {**json.loads(path.read_text(encoding="utf-8")), **entries}
-    write_text(path, json.dumps(entries, indent=1) + "\n")
-
-
-def _sidecar_entry(clip: Clip, file: str) -> dict:
-    return {"file": file, "caption": clip.caption, "events": [asdict(event) for event in clip.events]}
-
-
-def write_audiocaps(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
-    """Writes `root/{split}.csv` (audiocap_id,youtube_id,start_time,caption), `root/audio/{split}/{id}.wav`
-    (24 kHz mono 16-bit) and the `root/synthfoley_{split}.json` sidecar; returns the CSV path."""
-    root = Path(root)
-    (root / "audio" / split).mkdir(parents=True, exist_ok=True)
-    rows, entries = [], {}
-    for index in range(num_clips):
-        clip = make_clip(_clip_rng(seed, split, index), duration=duration)
-        clip_id = _clip_id(seed, split, index)
-        file = f"audio/{split}/{clip_id}.wav"
-        write_wav(root / file, clip.audio, clip.sampling_rate)
-        rows.append([int(clip_id[2:], 16), clip_id, 0, clip.caption])
-        entries[clip_id] = _sidecar_entry(clip, file)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["audiocap_id", "youtube_id", "start_time", "caption"])
-    writer.writerows(rows)
-    csv_path = root / f"{split}.csv"
-    write_text(csv_path, buffer.getvalue())
-    _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=False)
-    return csv_path
+def _layout_files(layout: str, split: str, clip_id: str) -> dict[str, str]:
+    """A clip's files in `layout`, relative to the layout's folder: 'file', and 'image' in the 'vggsound' layout."""
+    if layout == "audiocaps":
+        return {"file": f"audio/{split}/{clip_id}.wav"}
+    files = {"file": f"video/{clip_id}_{0:06d}.mp4"}
+    if layout == "vggsound":
+        files["image"] = f"image/{clip_id}.png"
+    return files
 
 
 def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
@@ -281,6 +309,7 @@ def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
                 video.options = {"crf": "12", "preset": "medium"}
             audio = container.add_stream("aac", rate=clip.sampling_rate, layout="mono")
             audio.bit_rate = 128000
+            audio.options = {"aac_coder": "fast"}  # a third of the default coder's time, as close to the source
             for frame in clip.frames:
                 container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(video.encode())
@@ -293,43 +322,131 @@ def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
             container.mux(audio.encode())
 
 
-def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
-    """Writes `root/video/{id}_000000.mp4` files, rows `youtube_id,start_seconds,label,split` (no header) into
-    `root/vggsound.csv` (kept rows of other ids, replaced rows of the same ids) and the `root/synthfoley_{split}.json`
-    sidecar; returns the CSV path. `split` should be 'train' or 'test' as in VGGSound."""
-    root = Path(root)
-    (root / "video").mkdir(parents=True, exist_ok=True)
-    rows, entries = [], {}
-    for index in range(num_clips):
-        clip = make_clip(_clip_rng(seed, split, index), duration=duration)
-        clip_id = _clip_id(seed, split, index)
-        file = f"video/{clip_id}_{0:06d}.mp4"
-        write_mp4(root / file, clip)
-        rows.append([clip_id, 0, clip.caption, split])
-        entries[clip_id] = _sidecar_entry(clip, file)
-    csv_path = root / "vggsound.csv"
-    new_ids = {row[0] for row in rows}
-    if csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = [row for row in csv.reader(f) if row and row[0] not in new_ids] + rows
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Atomically writes uint8 RGB pixels (H, W, 3) as a PNG file."""
+    with atomic_path(path, suffix=".png") as tmp_path:
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(tmp_path, format="PNG")
+
+
+def _write_clip(
+    index: int, folders: dict[str, Path], split: str, seed: int, duration: float
+) -> tuple[str, dict[str, object]]:
+    """Synthesizes clip `index` of `split` once and writes its files into every layout of `folders` (layout ->
+    folder); returns its id and the sidecar fields that all layouts share."""
+    rng = _clip_rng(seed, split, index)
+    clip = make_clip(rng, duration=duration)
+    clip_id = _clip_id(seed, split, index)
+    for layout, folder in folders.items():
+        files = {name: folder / file for name, file in _layout_files(layout, split, clip_id).items()}
+        if layout == "audiocaps":
+            write_wav(files["file"], clip.audio, clip.sampling_rate)
+            continue
+        # The neutral video's shapes are placed by the clip's random stream, which goes on after `make_clip`.
+        frames = clip.frames if layout == "vggsound" else neutral_frames(clip, rng)
+        write_mp4(files["file"], replace(clip, frames=frames))
+        if "image" in files:
+            write_png(files["image"], render_glyphs([event.label for event in clip.events], clip.frames.shape[1]))
+    return clip_id, {"caption": clip.caption, "events": [asdict(event) for event in clip.events]}
+
+
+def _write_sidecar(path: Path, entries: dict[str, dict], merge: bool) -> None:
+    if merge and path.is_file():
+        entries = {**json.loads(path.read_text(encoding="utf-8")), **entries}
+    write_text(path, json.dumps(entries, indent=1) + "\n")
+
+
+def _write_index(layout: str, folder: Path, split: str, clips: list[tuple[str, dict[str, object]]]) -> Path:
+    """Writes the CSV and the `synthfoley_{split}.json` sidecar of `clips` in `layout`; returns the CSV path. The
+    AudioCaps layout has a CSV per split; a VGGSound layout has one `vggsound.csv` whose rows of other ids stay."""
+    entries = {clip_id: {**_layout_files(layout, split, clip_id), **fields} for clip_id, fields in clips}
+    if layout == "audiocaps":
+        csv_path = folder / f"{split}.csv"
+        rows = [["audiocap_id", "youtube_id", "start_time", "caption"]]
+        rows += [[int(clip_id[2:], 16), clip_id, 0, fields["caption"]] for clip_id, fields in clips]
+    else:
+        csv_path = folder / "vggsound.csv"
+        rows = [[clip_id, 0, fields["caption"], split] for clip_id, fields in clips]
+        if csv_path.is_file():
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                rows = [row for row in csv.reader(f) if row and row[0] not in entries] + rows
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     write_text(csv_path, buffer.getvalue())
-    _write_sidecar(root / f"synthfoley_{split}.json", entries, merge=True)
+    _write_sidecar(folder / f"synthfoley_{split}.json", entries, merge=layout != "audiocaps")
     return csv_path
 
 
+@contextmanager
+def _clip_mapper(workers: int) -> Iterator[Callable]:
+    """`map`, or with `workers` > 1 the ordered `map` of a pool of that many processes."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}.")
+    if workers == 1:
+        yield map
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield partial(pool.map, chunksize=8)
+
+
+def _write_layouts(
+    folders: dict[str, Path], counts: dict[str, dict[str, int]], seed: int, duration: float = 2.0, workers: int = 1
+) -> dict[str, dict[str, Path]]:
+    """Writes the clips of each split of `counts` (split -> layout -> number of clips): clip i, synthesized once, goes
+    to every layout whose count exceeds i (layout -> folder in `folders`). The CSVs and sidecars are written in clip
+    order afterwards, so the output does not depend on `workers`. Returns split -> layout -> CSV path."""
+    csv_paths = {}
+    with _clip_mapper(workers) as map_clips:
+        for split, layout_counts in counts.items():
+            num_clips = max(layout_counts.values(), default=0)
+            targets = [
+                {layout: folders[layout] for layout, count in layout_counts.items() if index < count}
+                for index in range(num_clips)
+            ]
+            write = partial(_write_clip, split=split, seed=seed, duration=duration)
+            clips = list(map_clips(write, range(num_clips), targets))
+            csv_paths[split] = {
+                layout: _write_index(layout, folders[layout], split, clips[:count])
+                for layout, count in layout_counts.items()
+            }
+    return csv_paths
+
+
+def _write_layout(layout: str, root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float) -> Path:
+    return _write_layouts({layout: Path(root)}, {split: {layout: num_clips}}, seed, duration)[split][layout]
+
+
+def write_audiocaps(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
+    """Writes `root/{split}.csv` (audiocap_id,youtube_id,start_time,caption), `root/audio/{split}/{id}.wav`
+    (24 kHz mono 16-bit) and the `root/synthfoley_{split}.json` sidecar; returns the CSV path."""
+    return _write_layout("audiocaps", root, num_clips, split, seed, duration)
+
+
+def write_vggsound(root: str | os.PathLike, num_clips: int, split: str, seed: int, duration: float = 2.0) -> Path:
+    """Writes `root/video/{id}_000000.mp4` files, `root/image/{id}.png` pictures of their events (`render_glyphs`),
+    rows `youtube_id,start_seconds,label,split` (no header) into `root/vggsound.csv` (kept rows of other ids, replaced
+    rows of the same ids) and the `root/synthfoley_{split}.json` sidecar; returns the CSV path. `split` should be
+    'train' or 'test' as in VGGSound."""
+    return _write_layout("vggsound", root, num_clips, split, seed, duration)
+
+
 def write_synthfoley(
-    root: str | os.PathLike, train: int = 200, test: int = 50, seed: int = 0, video_train: int | None = None
-) -> dict[str, Path]:
-    """Writes a train and a held-out test split in both layouts under `root/audiocaps` and `root/vggsound`. The split
-    name is part of every clip's random stream, so no clip occurs in both splits. Both layouts hold the same clips;
-    `video_train` writes only the first that many training clips as videos (default: all `train`)."""
+    root: str | os.PathLike, train: int = 200, test: int = 50, seed: int = 0, video_train: int | None = None,
+    neutral_train: int | None = None, workers: int = 1,
+) -> dict[str, Path]:  # fmt: skip
+    """Writes a train and a held-out test split under `root/audiocaps` (AudioCaps layout), `root/vggsound` (VGGSound
+    layout: videos of the class shapes and a picture of the events per clip) and `root/neutral` (VGGSound layout:
+    videos of class-neutral shapes, no pictures); returns layout -> folder. The split name is part of every clip's
+    random stream, so no clip occurs in both splits. The layouts hold the same clips: all test clips; all `train`
+    training clips as audio, the first `video_train` (default: all) as class videos and the first `neutral_train`
+    (default: `video_train`) as neutral videos. Each clip is synthesized once; `workers` processes write them."""
     root = Path(root)
     video_train = train if video_train is None else video_train
-    if not 0 <= video_train <= train:
-        raise ValueError(f"video_train must be between 0 and train ({train}), got {video_train}.")
-    for split, count, video_count in (("train", train, video_train), ("test", test, test)):
-        write_audiocaps(root / "audiocaps", count, split, seed)
-        write_vggsound(root / "vggsound", video_count, split, seed)
-    return {"audiocaps": root / "audiocaps", "vggsound": root / "vggsound"}
+    neutral_train = video_train if neutral_train is None else neutral_train
+    for name, count in (("video_train", video_train), ("neutral_train", neutral_train)):
+        if not 0 <= count <= train:
+            raise ValueError(f"{name} must be between 0 and train ({train}), got {count}.")
+    folders = {layout: root / layout for layout in LAYOUTS}
+    counts = {"train": {"audiocaps": train, "vggsound": video_train, "neutral": neutral_train}}
+    counts["test"] = dict.fromkeys(LAYOUTS, test)
+    _write_layouts(folders, counts, seed, workers=workers)
+    return folders

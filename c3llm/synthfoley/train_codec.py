@@ -32,6 +32,12 @@ Training (defaults; about 0.4 s per step on one CPU core, so the default 4000 st
   learning-rate warm-up and a cosine decay.
 * The training state is saved every `--save-every` steps to `--state`; starting the same command again after an
   interruption resumes the run.
+* `--boost-classes CLASS ...` over-represents event classes in the training stream: a share `--boost-share` of the
+  crops come from clips redrawn until they hold such an event, cropped so that the event lies whole inside the crop.
+  The tiny decoder learns tones as a few fixed "oscillators" (the beeps' 440 and 1760 Hz); from the plain stream it
+  renders a chirp (a 600 -> 3000 Hz sweep) as a flat 1760 Hz tone, which the event detector calls a high beep. The
+  committed codec was fine-tuned from the plain one with `--init-from c3llm/synthfoley/codec --boost-classes chirp`
+  (see the commit history for the exact runs and figures).
 
 The forward pass is written out (`codec_model.codec_forward`) rather than calling `model(...)`, because the library's path
 has no straight-through estimator and no EMA updates; `check_library_path` verifies that the library's
@@ -57,7 +63,7 @@ from transformers import EncodecModel
 from transformers.audio_utils import mel_filter_bank
 
 from c3llm.synthfoley import event_detector
-from c3llm.synthfoley.synthfoley import make_clip
+from c3llm.synthfoley.synthfoley import EVENT_CLASSES, make_clip
 from conversion.build_c3llm import atomic_folder
 from processing_c3llm.media_c3llm import atomic_path
 
@@ -154,18 +160,44 @@ def next_crop_length(seconds: float) -> int:
 
 
 def crop_batches(
-    seed: int | np.random.Generator, batch_size: int, crop_seconds: float, clip_seconds: float = 2.0
+    seed: int | np.random.Generator,
+    batch_size: int,
+    crop_seconds: float,
+    clip_seconds: float = 2.0,
+    boost_classes: tuple[str, ...] = (),
+    boost_share: float = 0.0,
 ):
     """Endless `(batch_size, 1, crop)` float tensors: random crops (crop a multiple of 320 samples) of fresh clips,
-    drawn from `seed` (a seed or a numpy Generator, which the stream then advances)."""
+    drawn from `seed` (a seed or a numpy Generator, which the stream then advances).
+
+    With `boost_classes`, a share `boost_share` of the crops (each crop independently) comes from a clip redrawn until
+    it holds an event of one of those classes, and the crop is placed so that one such event (picked at random) lies
+    inside it whole (or, if the event is longer than the crop, starts inside it); the other crops are unbiased.
+    """
 
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     crop = next_crop_length(crop_seconds)
+    boost_classes = tuple(boost_classes)
+    unknown = sorted(set(boost_classes) - set(EVENT_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown SynthFoley event classes {unknown}; choose from {list(EVENT_CLASSES)}")
+    duration = max(clip_seconds, crop_seconds)
     while True:
         batch = np.zeros((batch_size, 1, crop), dtype=np.float32)
         for row in range(batch_size):
-            audio = make_clip(rng, duration=max(clip_seconds, crop_seconds), sampling_rate=SAMPLING_RATE).audio
-            start = int(rng.integers(0, len(audio) - crop + 1))
+            boosted = bool(boost_classes) and boost_share > 0 and rng.random() < boost_share
+            clip = make_clip(rng, duration=duration, sampling_rate=SAMPLING_RATE)
+            while boosted and not any(event.label in boost_classes for event in clip.events):
+                clip = make_clip(rng, duration=duration, sampling_rate=SAMPLING_RATE)
+            audio = clip.audio
+            low, high = 0, len(audio) - crop  # crop start range, inclusive
+            if boosted:
+                events = [event for event in clip.events if event.label in boost_classes]
+                event = events[int(rng.integers(0, len(events)))]
+                onset = round(event.onset * SAMPLING_RATE)
+                end = min(len(audio), onset + round(event.duration * SAMPLING_RATE))
+                low, high = max(low, min(onset, end - crop)), min(high, onset)
+            start = int(rng.integers(low, high + 1))
             batch[row, 0] = audio[start : start + crop]
         yield torch.from_numpy(batch)
 
@@ -298,6 +330,8 @@ def train(
     commitment_weight: float = 1.0,
     ema_decay: float = 0.99,
     dead_code_steps: int = 20,
+    boost_classes: tuple[str, ...] = (),
+    boost_share: float = 0.0,
     eval_clips: int = 100,
     eval_seed: int = 1234,
     threads: int | None = None,
@@ -332,8 +366,8 @@ def train(
 def _train(
     out, steps, minutes, batch_size, crop_seconds, lr, warmup_steps, quantizer_warmup_steps, kmeans_batches, seed,
     num_filters, hidden_size, num_lstm_layers, time_weight, warmup_time_weight, mel_weight, log_mel_weight,
-    log_mel_ramp_steps, envelope_weight, commitment_weight, ema_decay, dead_code_steps, eval_clips, eval_seed, threads,
-    log_every, progress, init_from, state_path, save_every,
+    log_mel_ramp_steps, envelope_weight, commitment_weight, ema_decay, dead_code_steps, boost_classes, boost_share,
+    eval_clips, eval_seed, threads, log_every, progress, init_from, state_path, save_every,
 ) -> dict:
     from tqdm.auto import tqdm
 
@@ -343,6 +377,7 @@ def _train(
                         "save_every", "tqdm")
     }
     settings["init_from"] = None if init_from is None else str(init_from)
+    settings["boost_classes"] = list(boost_classes)
 
     if threads:
         torch.set_num_threads(threads)
@@ -356,7 +391,7 @@ def _train(
     mel_loss = MultiScaleMelLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9))
     data_rng = np.random.default_rng(seed)
-    batches = crop_batches(data_rng, batch_size, crop_seconds)
+    batches = crop_batches(data_rng, batch_size, crop_seconds, boost_classes=boost_classes, boost_share=boost_share)
     budget = minutes * 60 if minutes else None
 
     def lr_at(step: int, elapsed: float) -> float:
@@ -573,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dead-code-steps", type=int, default=20,
                         help="a code not chosen for this many steps is replaced by a random encoder residual of the "
                         "batch")
+    parser.add_argument("--boost-classes", nargs="+", default=[], choices=EVENT_CLASSES, metavar="CLASS",
+                        help="SynthFoley event classes to over-represent in the training stream (quote names with a "
+                        f"space, e.g. --boost-classes chirp 'high beep'; choices: {', '.join(EVENT_CLASSES)})")
+    parser.add_argument("--boost-share", type=float, default=0.5,
+                        help="with --boost-classes: share of the training crops drawn from clips redrawn until they "
+                        "hold one of those classes, cropped so that such an event lies whole inside the crop")
     parser.add_argument("--eval-clips", type=int, default=100, help="held-out clips to evaluate on (0: skip)")
     parser.add_argument("--eval-seed", type=int, default=1234, help="seed of the held-out clips")
     parser.add_argument("--threads", type=int, default=1,
@@ -621,6 +662,8 @@ def main(argv: list[str] | None = None) -> dict:
         commitment_weight=args.commitment_weight,
         ema_decay=args.ema_decay,
         dead_code_steps=args.dead_code_steps,
+        boost_classes=tuple(args.boost_classes),
+        boost_share=args.boost_share if args.boost_classes else 0.0,
         eval_clips=args.eval_clips,
         eval_seed=args.eval_seed,
         threads=args.threads,
