@@ -23,7 +23,8 @@ from datasets import Dataset, IterableDataset  # noqa: E402
 
 from conversion.build_c3llm import build_tiny  # noqa: E402
 from c3llm.data import datasets as dc  # noqa: E402
-from processing_c3llm.media_c3llm import MediaError, load_audio  # noqa: E402
+from c3llm.synthfoley.synthfoley import write_vggsound  # noqa: E402
+from processing_c3llm.media_c3llm import MediaError, load_audio, load_image  # noqa: E402
 
 
 # ---- media helpers -------------------------------------------------------------------------------------------------
@@ -110,10 +111,10 @@ def test_audiocaps(tmp_path):
     dataset, report = dc.load_audiocaps(**kwargs)
     assert rows(dataset) == [
         {"id": "clipA", "task": "text-to-audio", "audio_path": str(root / "audio/test/clipA.wav"), "video_path": None,
-         "caption": "A dog barks", "captions": ["A dog barks", "A dog barks, then a man speaks", "Barking"],
-         "label": None},
+         "image_path": None, "caption": "A dog barks",
+         "captions": ["A dog barks", "A dog barks, then a man speaks", "Barking"], "label": None},
         {"id": "clipB", "task": "text-to-audio", "audio_path": str(root / "audio/clipB.wav"), "video_path": None,
-         "caption": "Rain falls", "captions": ["Rain falls", "Heavy rain"], "label": None},
+         "image_path": None, "caption": "Rain falls", "captions": ["Rain falls", "Heavy rain"], "label": None},
     ]  # fmt: skip
     assert (report.total, report.kept, report.skipped_ids) == (4, 2, ["clipC", "clipD"])
     assert [path for path, _ in report.skipped] == [str(root / "audio/test/clipC.wav"), bad]
@@ -153,8 +154,8 @@ def test_vggsound(tmp_path):
     kwargs = {"root": root, "split": "test", "cache_dir": str(tmp_path / "cache")}
     dataset, report = dc.load_vggsound(**kwargs)
     assert rows(dataset) == [
-        {"id": "abc_000030", "task": "video-to-audio", "audio_path": None, "video_path": good, "caption": None,
-         "captions": [], "label": "vehicle horn, car horn"}
+        {"id": "abc_000030", "task": "video-to-audio", "audio_path": None, "video_path": good, "image_path": None,
+         "caption": None, "captions": [], "label": "vehicle horn, car horn"}
     ]  # fmt: skip
     assert report.total == 4 and report.kept == 1
     assert dict(report.skipped) == {
@@ -166,6 +167,30 @@ def test_vggsound(tmp_path):
     check_streaming(dc.load_vggsound, report, dataset, **kwargs)
     train, _ = dc.load_vggsound(root, "train", cache_dir=str(tmp_path / "cache"))
     assert [e["label"] for e in train] == ["dog barking"]
+
+
+def test_vggsound_images(tmp_path):
+    root = tmp_path / "vggsound"
+    write_vggsound(root, 4, "test", seed=0)
+    sidecar = json.loads((root / "synthfoley_test.json").read_text(encoding="utf-8"))
+    first, missing, corrupt, last = sidecar
+    os.remove(root / sidecar[missing]["image"])
+    truncated = root / sidecar[corrupt]["image"]
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    kwargs = {"root": root, "split": "test", "image_template": "image/{youtube_id}.png", "cache_dir": str(tmp_path)}
+    dataset, report = dc.load_vggsound(**kwargs)
+    examples = rows(dataset)
+    assert [(e["id"], e["image_path"]) for e in examples] == [
+        (f"{clip_id}_000000", str(root / sidecar[clip_id]["image"])) for clip_id in (first, last)
+    ]
+    assert all(e["video_path"] == str(root / sidecar[e["id"][:-7]]["file"]) for e in examples)
+    assert load_image(examples[0]["image_path"]).shape == (32, 32, 3)
+    assert (report.total, report.kept, report.skipped_ids) == (4, 2, [f"{missing}_000000", f"{corrupt}_000000"])
+    assert report.skipped[0] == (str(root / sidecar[missing]["image"]), "file not found")
+    assert report.skipped[1][0] == str(root / sidecar[corrupt]["image"]) and "unreadable image" in report.skipped[1][1]
+    check_streaming(dc.load_vggsound, report, dataset, **kwargs)
+    plain, plain_report = dc.load_vggsound(root, "test", cache_dir=str(tmp_path))
+    assert [e["image_path"] for e in plain] == [None] * 4 and plain_report.kept == 4
 
 
 def test_vas(tmp_path):

@@ -3,10 +3,12 @@
 import csv
 import itertools
 import json
+import os
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.signal import butter, sosfiltfilt
 
 from c3llm.synthfoley.event_detector import DetectedEvent, detect_events, event_classes, onsets
@@ -15,13 +17,17 @@ from c3llm.synthfoley.synthfoley import (
     BACKGROUND_DB,
     EVENT_CLASSES,
     EVENT_VISUALS,
+    LAYOUTS,
     MIN_GAP,
+    NEUTRAL_VISUAL,
     Clip,
     Event,
     event_frames,
     make_caption,
     make_clip,
+    neutral_frames,
     parse_caption,
+    render_glyphs,
     write_audiocaps,
     write_synthfoley,
     write_vggsound,
@@ -280,27 +286,148 @@ def test_vggsound_appends_without_duplicates(tmp_path):
 
 def test_write_synthfoley_splits_are_disjoint(tmp_path):
     roots = write_synthfoley(tmp_path, train=3, test=2, seed=0)
-    assert set(roots) == {"audiocaps", "vggsound"}
+    assert roots == {layout: tmp_path / layout for layout in LAYOUTS}
     train = json.loads((roots["audiocaps"] / "synthfoley_train.json").read_text(encoding="utf-8"))
     test = json.loads((roots["audiocaps"] / "synthfoley_test.json").read_text(encoding="utf-8"))
     assert len(train) == 3 and len(test) == 2 and not set(train) & set(test)
     assert (roots["audiocaps"] / "train.csv").is_file() and (roots["audiocaps"] / "test.csv").is_file()
-    rows = list(csv.reader((roots["vggsound"] / "vggsound.csv").read_text(encoding="utf-8").splitlines()))
-    assert {row[0] for row in rows} == set(train) | set(test)
+    for layout in ("vggsound", "neutral"):
+        rows = list(csv.reader((roots[layout] / "vggsound.csv").read_text(encoding="utf-8").splitlines()))
+        assert [row[0] for row in rows] == list(train) + list(test)
+        assert [row[2] for row in rows] == [entry["caption"] for entry in (*train.values(), *test.values())]
     train_audio = {load_audio(roots["audiocaps"] / v["file"], SR).tobytes() for v in train.values()}
     test_audio = {load_audio(roots["audiocaps"] / v["file"], SR).tobytes() for v in test.values()}
     assert not train_audio & test_audio
 
 
 def test_write_synthfoley_writes_the_first_training_clips_as_videos(tmp_path):
-    roots = write_synthfoley(tmp_path, train=4, test=2, seed=0, video_train=2)
-    audio = json.loads((roots["audiocaps"] / "synthfoley_train.json").read_text(encoding="utf-8"))
-    video = json.loads((roots["vggsound"] / "synthfoley_train.json").read_text(encoding="utf-8"))
-    assert len(audio) == 4 and list(video) == list(audio)[:2]  # the same clips, in the same order
-    assert all(video[i]["events"] == audio[i]["events"] and video[i]["caption"] == audio[i]["caption"] for i in video)
-    assert len(json.loads((roots["vggsound"] / "synthfoley_test.json").read_text(encoding="utf-8"))) == 2
+    roots = write_synthfoley(tmp_path, train=4, test=2, seed=0, video_train=2, neutral_train=3)
+    audio, video, neutral = (
+        json.loads((roots[layout] / "synthfoley_train.json").read_text(encoding="utf-8")) for layout in LAYOUTS
+    )
+    assert len(audio) == 4 and list(video) == list(audio)[:2] and list(neutral) == list(audio)[:3]  # same order
+    for clip_id, entry in video.items():
+        assert entry == {"file": f"video/{clip_id}_000000.mp4", "image": f"image/{clip_id}.png",
+                         "caption": audio[clip_id]["caption"], "events": audio[clip_id]["events"]}  # fmt: skip
+    for clip_id, entry in neutral.items():
+        assert entry == {"file": f"video/{clip_id}_000000.mp4", "caption": audio[clip_id]["caption"],
+                         "events": audio[clip_id]["events"]}  # fmt: skip
+        num_frames, track, rate, channels = _decode(roots["neutral"] / entry["file"])  # a clip without class video too
+        assert (num_frames, rate, channels) == (20, SR, 1)
+        assert event_classes(track, SR) == [event["label"] for event in entry["events"]]
+    video_test = json.loads((roots["vggsound"] / "synthfoley_test.json").read_text(encoding="utf-8"))
+    neutral_test = json.loads((roots["neutral"] / "synthfoley_test.json").read_text(encoding="utf-8"))
+    assert len(video_test) == 2 and list(neutral_test) == list(video_test)
+    assert sorted(os.listdir(roots["vggsound"] / "image")) == sorted(f"{i}.png" for i in [*video, *video_test])
+    assert not (roots["neutral"] / "image").exists()
+    default = write_synthfoley(tmp_path / "default", train=3, test=0, seed=0, video_train=2)
+    assert len(json.loads((default["neutral"] / "synthfoley_train.json").read_text(encoding="utf-8"))) == 2
     with pytest.raises(ValueError, match="video_train must be between 0 and train"):
         write_synthfoley(tmp_path, train=2, test=1, video_train=3)
+    with pytest.raises(ValueError, match="neutral_train must be between 0 and train"):
+        write_synthfoley(tmp_path, train=2, test=1, neutral_train=-1)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        write_synthfoley(tmp_path, train=2, test=1, workers=0)
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_write_synthfoley_in_worker_processes_writes_the_same_files(tmp_path):
+    for name, workers in (("one", 1), ("two", 2)):
+        write_synthfoley(tmp_path / name, train=5, test=2, seed=1, video_train=4, neutral_train=3, workers=workers)
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert list(one) == list(two)
+    suffixes = [name.rsplit(".", 1)[-1] for name in one]
+    assert (suffixes.count("wav"), suffixes.count("png"), suffixes.count("mp4")) == (7, 6, 6 + 5)
+    videos = [name for name in one if name.endswith(".mp4")]
+    assert all(one[name] == two[name] for name in one if name not in videos)  # CSVs, sidecars, WAVs and PNGs
+    # libx264 may, rarely, encode a clip a little differently in a process that has encoded other clips before.
+    for name in videos:
+        frames, _ = load_video(tmp_path / "one" / name)
+        assert np.abs(frames.astype(int) - load_video(tmp_path / "two" / name)[0]).max() <= 16
+
+
+# --- pictures and class-neutral videos -------------------------------------------------------------------------------
+
+
+def _columns(image: np.ndarray, color) -> set[int]:
+    return set(np.nonzero((image == color).all(axis=-1).any(axis=0))[0].tolist())
+
+
+def test_glyphs_show_the_events_left_to_right():
+    image = render_glyphs(["chirp", "hum", "chirp"])
+    assert image.dtype == np.uint8 and image.shape == (32, 32, 3)
+    chirp, hum = EVENT_VISUALS["chirp"][1], EVENT_VISUALS["hum"][1]
+    left, middle, right = (set(third.tolist()) for third in np.array_split(np.arange(32), 3))
+    chirp_columns, hum_columns = _columns(image, chirp), _columns(image, hum)
+    assert chirp_columns & left and chirp_columns & right and chirp_columns <= left | right
+    assert hum_columns and hum_columns <= middle
+    lit = image.any(axis=-1)
+    assert ((image == chirp).all(axis=-1) | (image == hum).all(axis=-1))[lit].all(), "only the two class colors"
+    np.testing.assert_array_equal(render_glyphs(["chirp", "hum", "chirp"]), image)  # no randomness
+    assert not np.array_equal(render_glyphs(["hum", "chirp", "chirp"]), image)
+    assert not np.array_equal(render_glyphs(["chirp", "chirp", "hum"]), image)
+    labels = ["low beep", "high beep", "noise burst", "click train"]
+    image = render_glyphs(labels)
+    firsts = [min(_columns(image, EVENT_VISUALS[label][1])) for label in labels]
+    assert firsts == sorted(firsts) and len(set(firsts)) == 4
+    with pytest.raises(ValueError, match="holds 1 to 8 glyphs"):
+        render_glyphs([])
+
+
+@pytest.mark.parametrize("label", EVENT_CLASSES)
+def test_a_glyph_is_centred_in_its_class_color(label):
+    for size in (32, 64):
+        image = render_glyphs([label], size)
+        lit = image.any(axis=-1)
+        assert lit.sum() >= size and (image[lit] == EVENT_VISUALS[label][1]).all()
+        rows, columns = np.nonzero(lit.any(axis=1))[0], np.nonzero(lit.any(axis=0))[0]
+        assert abs(rows[0] - (size - 1 - rows[-1])) <= 1 and abs(columns[0] - (size - 1 - columns[-1])) <= 1
+
+
+def test_neutral_frames_show_the_same_square_on_the_same_frames():
+    rng = np.random.default_rng(4)
+    side = round(NEUTRAL_VISUAL[2] * 32)
+    for _ in range(30):
+        clip = make_clip(rng)
+        frames = neutral_frames(clip, rng)
+        assert frames.shape == clip.frames.shape and frames.dtype == np.uint8
+        np.testing.assert_array_equal(frames.any(axis=(1, 2, 3)), clip.frames.any(axis=(1, 2, 3)))
+        lit = frames.any(axis=-1)
+        assert (frames[lit] == NEUTRAL_VISUAL[1]).all()
+        for frame in lit[lit.any(axis=(1, 2))]:
+            rows, columns = np.nonzero(frame.any(axis=1))[0], np.nonzero(frame.any(axis=0))[0]
+            assert frame.sum() == side * side and rows[-1] - rows[0] + 1 == columns[-1] - columns[0] + 1 == side
+
+
+def test_written_pictures_and_neutral_videos(tmp_path):
+    roots = write_synthfoley(tmp_path, train=0, test=3, seed=2)
+    video = json.loads((roots["vggsound"] / "synthfoley_test.json").read_text(encoding="utf-8"))
+    neutral = json.loads((roots["neutral"] / "synthfoley_test.json").read_text(encoding="utf-8"))
+    assert list(neutral) == list(video)
+    for clip_id, entry in video.items():
+        labels = [event["label"] for event in entry["events"]]
+        with Image.open(roots["vggsound"] / entry["image"]) as image:
+            assert image.format == "PNG" and image.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(image), render_glyphs(labels))
+        class_frames, _ = load_video(roots["vggsound"] / entry["file"])
+        neutral_video, fps = load_video(roots["neutral"] / neutral[clip_id]["file"])
+        assert neutral_video.shape == class_frames.shape and fps == pytest.approx(FPS)
+        neutral_audio, class_audio = (_decode(roots[layout] / entry["file"])[1] for layout in ("neutral", "vggsound"))
+        np.testing.assert_allclose(neutral_audio, class_audio, atol=1e-3)  # the same audio track
+        shown = np.zeros(len(neutral_video), dtype=bool)
+        for event in entry["events"]:
+            span = event_frames(Event(**event), FPS)
+            shown[span.start : span.stop] = True
+        lit = neutral_video.max(axis=(1, 2, 3)) > 64
+        np.testing.assert_array_equal(lit, class_frames.max(axis=(1, 2, 3)) > 64)  # the same visual onsets
+        np.testing.assert_array_equal(lit, shown)
+        bright = neutral_video.max(axis=-1) > 64
+        assert (np.abs(neutral_video[bright].astype(int) - NEUTRAL_VISUAL[1]) <= 12).all()
+        assert (bright.sum(axis=(1, 2))[lit] == round(NEUTRAL_VISUAL[2] * 32) ** 2).all()  # one square, one size
+        assert neutral_video[~lit].max() < 40
 
 
 # --- detector --------------------------------------------------------------------------------------------------------
