@@ -34,10 +34,13 @@ Training (defaults; about 0.4 s per step on one CPU core, so the default 4000 st
   interruption resumes the run.
 * `--boost-classes CLASS ...` over-represents event classes in the training stream: a share `--boost-share` of the
   crops come from clips redrawn until they hold such an event, cropped so that the event lies whole inside the crop.
-  The tiny decoder learns tones as a few fixed "oscillators" (the beeps' 440 and 1760 Hz); from the plain stream it
-  renders a chirp (a 600 -> 3000 Hz sweep) as a flat 1760 Hz tone, which the event detector calls a high beep. The
-  committed codec was fine-tuned from the plain one with `--init-from c3llm/synthfoley/codec --boost-classes chirp`
-  (see the commit history for the exact runs and figures).
+  The tiny decoder learns tones as a few fixed "oscillators" (the beeps' 440 and 1760 Hz); trained on the plain
+  stream it renders a chirp (a 600 -> 3000 Hz sweep) as a flat 1760 Hz tone, which the event detector calls a high
+  beep (the class sequence of 85% of held-out clips survived). The committed codec was then fine-tuned for 45 min
+  (`--init-from`): 5 + 25 min with `--boost-classes chirp` (`--lr 3e-4`, then `4e-4 --seed 1`), then 15 min with
+  `--boost-classes chirp 'click train' 'noise burst'` (`--lr 2e-4 --seed 2`), all at `--boost-share 0.5`. It now
+  renders a chirp as a rising staircase of tones (about 450 -> 1200 -> 1760 -> 2400 Hz), which the detector reads as
+  a chirp: 100% of the class sequences and onsets survive (200 clips, eval seeds 1234 and 777).
 
 The forward pass is written out (`codec_model.codec_forward`) rather than calling `model(...)`, because the library's path
 has no straight-through estimator and no EMA updates; `check_library_path` verifies that the library's
@@ -351,7 +354,8 @@ def train(
     waveform L1 weight is `warmup_time_weight` and the log-mel weight 0 (from the start, the log-mel loss drives the
     untrained decoder into outputting faint noise); over the next `log_mel_ramp_steps` steps both move linearly to
     `time_weight` and `log_mel_weight`. With `init_from`, training continues from a saved codec (its config and
-    codebooks are kept, no warm-ups).
+    codebooks are kept, no warm-ups). `boost_classes` and `boost_share` over-represent event classes in the training
+    stream (see `crop_batches`).
 
     With `state_path`, the whole training state (weights, codebooks, optimizer, step, random streams) is saved there
     every `save_every` steps, and a run started with the same settings resumes from it; it is deleted at the end.
