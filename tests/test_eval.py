@@ -59,7 +59,7 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     loaded = ModelCard.load(card)
     assert loaded.data.license == "gemma" and "Body text." in loaded.text
     # The card's prose table says what its model-index says, row for row.
-    table_rows = [line for line in loaded.text.split("## Evaluation")[1].splitlines() if line.startswith("| ")][1:]
+    table_rows = [line for line in loaded.text.split("## Evaluation")[1].splitlines() if line.startswith("| ")][2:]
     assert table_rows == [f"| {r.task_name or r.task_type} | {r.dataset_name} | {r.dataset_split} | {r.metric_name} | "
                           f"{format_value(r.metric_value)} |" for r in loaded.data.eval_results]  # fmt: skip
     values = {(r.task_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
