@@ -30,6 +30,7 @@ from modeling_c3llm import (
     SPECIAL_TOKEN_ROLES,
     C3LLMConfig,
     C3LLMForConditionalGeneration,
+    C3LLMMaskedDecoderConfig,
     C3LLMNARConfig,
 )
 from processing_c3llm import C3LLMProcessor
@@ -281,12 +282,13 @@ def tiny_config(
     text_vocab_size: int, num_codebooks: int = 2, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
     intermediate_size: int | None = None, max_position_embeddings: int = 1024,
     codec_config: EncodecConfig | dict | None = None, video_fps: float = 5.0, video_num_frames: int = 10,
-    max_audio_seconds: float = 2.0, nar_num_layers: int = 2,
+    max_audio_seconds: float = 2.0, nar_num_layers: int = 2, masked_num_layers: int | None = None,
 ) -> C3LLMConfig:  # fmt: skip
     """A small but complete configuration: every part is real, only narrow and shallow. The defaults are the tiny
     random model of `c3llm build --tiny`; the demo widens the LLM and plugs in its trained codec. The NAR head has
-    the LLM's width and heads and `nar_num_layers` layers; the LLM's MLP is `intermediate_size` wide (default twice
-    the width)."""
+    the LLM's width and heads and `nar_num_layers` layers, and so has the masked decoder of `decoding="masked"` with
+    `masked_num_layers` layers (none by default); the LLM's MLP is `intermediate_size` wide (default twice the
+    width)."""
     text = GemmaConfig(
         vocab_size=text_vocab_size,
         hidden_size=hidden_size,
@@ -319,14 +321,13 @@ def tiny_config(
     vision = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
     )
-    nar = C3LLMNARConfig(
-        hidden_size=hidden_size, num_hidden_layers=nar_num_layers, num_attention_heads=num_heads,
-        intermediate_size=2 * hidden_size,
-        dropout=0.0,
-    )  # fmt: skip
+    sizes = {"hidden_size": hidden_size, "num_attention_heads": num_heads, "intermediate_size": 2 * hidden_size,
+             "dropout": 0.0}  # fmt: skip
+    nar = C3LLMNARConfig(num_hidden_layers=nar_num_layers, **sizes)
+    masked = None if masked_num_layers is None else C3LLMMaskedDecoderConfig(num_hidden_layers=masked_num_layers, **sizes)
     return C3LLMConfig(
         text_config=text, codec_config=codec_config, audio_config=audio, vision_config=vision, nar_config=nar,
-        num_codebooks=num_codebooks, video_fps=video_fps, video_num_frames=video_num_frames,
+        masked_decoder_config=masked, num_codebooks=num_codebooks, video_fps=video_fps, video_num_frames=video_num_frames,
         max_audio_seconds=max_audio_seconds,
     )  # fmt: skip
 

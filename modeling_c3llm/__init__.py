@@ -2,13 +2,14 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoModelForTextToWaveform
 
-from .configuration_c3llm import SPECIAL_TOKEN_ROLES, C3LLMConfig, C3LLMNARConfig
+from .configuration_c3llm import SPECIAL_TOKEN_ROLES, C3LLMConfig, C3LLMMaskedDecoderConfig, C3LLMNARConfig
 from .generation_c3llm import C3LLMAudioGenerationOutput
 from .modeling_c3llm import C3LLMForConditionalGeneration, C3LLMOutputWithPast, C3LLMPreTrainedModel
 
 
 AutoConfig.register(C3LLMConfig.model_type, C3LLMConfig, exist_ok=True)
 AutoConfig.register(C3LLMNARConfig.model_type, C3LLMNARConfig, exist_ok=True)
+AutoConfig.register(C3LLMMaskedDecoderConfig.model_type, C3LLMMaskedDecoderConfig, exist_ok=True)
 for _auto_class in (AutoModel, AutoModelForTextToWaveform, AutoModelForMultimodalLM):
     _auto_class.register(C3LLMConfig, C3LLMForConditionalGeneration, exist_ok=True)
 # Saved folders carry the code and an `auto_map`, so they load with `trust_remote_code=True` without this package.
@@ -19,6 +20,7 @@ __all__ = [
     "C3LLMAudioGenerationOutput",
     "C3LLMConfig",
     "C3LLMForConditionalGeneration",
+    "C3LLMMaskedDecoderConfig",
     "C3LLMNARConfig",
     "C3LLMOutputWithPast",
     "C3LLMPreTrainedModel",

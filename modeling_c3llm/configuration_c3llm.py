@@ -63,6 +63,20 @@ class C3LLMNARConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
+class C3LLMMaskedDecoderConfig(C3LLMNARConfig):
+    r"""
+    Configuration of the masked audio decoder (VATT, MaskGIT): a bidirectional transformer of the NAR head's kind that
+    fills masked codes of every codebook from the LLM's hidden states of the prompt (`generate(decoding="masked")`).
+    Same arguments as [`C3LLMNARConfig`].
+    """
+
+    model_type = "c3llm_masked_decoder"
+    base_config_key = "masked_decoder_config"
+
+    def __init__(self, **kwargs):  # (a config subclass without its own __init__ would lose the parent's arguments)
+        super().__init__(**kwargs)
+
+
 def _sub_config(value, default_model_type: str) -> PreTrainedConfig:
     if value is None:
         return AutoConfig.for_model(default_model_type)
@@ -87,6 +101,8 @@ class C3LLMConfig(PreTrainedConfig):
         audio_config (`dict` or `ClapAudioConfig`, *optional*): The frozen CLAP audio encoder (HTSAT).
         vision_config (`dict` or `CLIPVisionConfig`, *optional*): The frozen vision encoder for video frames and images.
         nar_config (`dict` or `C3LLMNARConfig`, *optional*): The NAR head.
+        masked_decoder_config (`dict` or `C3LLMMaskedDecoderConfig`, *optional*): The masked audio decoder of
+            `decoding="masked"`; `None` (the default): the model has none (`c3llm train --stage 3` adds one).
         num_codebooks (`int`, *optional*, defaults to 2): Codebooks used; the LLM predicts the first, the NAR the rest.
         acoustic_token_offset (`int`, *optional*): Id of the acoustic token for code 0. Defaults to the backbone's
             vocabulary size, which is then extended.
@@ -96,6 +112,7 @@ class C3LLMConfig(PreTrainedConfig):
         projector_hidden_size (`int`, *optional*): Hidden width of the projector MLPs (defaults to the LLM's).
         max_audio_seconds (`float`, *optional*, defaults to 10.0): Longest audio `generate` produces by default.
         nar_loss_weight (`float`, *optional*, defaults to 1.0): Weight of the NAR loss (Eq. 2) in the total loss.
+        masked_loss_weight (`float`, *optional*, defaults to 1.0): Weight of the masked decoder's loss in the total loss.
     """
 
     model_type = "c3llm"
@@ -105,6 +122,7 @@ class C3LLMConfig(PreTrainedConfig):
         "audio_config": AutoConfig,
         "vision_config": AutoConfig,
         "nar_config": C3LLMNARConfig,
+        "masked_decoder_config": C3LLMMaskedDecoderConfig,
     }
 
     def __init__(
@@ -114,6 +132,7 @@ class C3LLMConfig(PreTrainedConfig):
         audio_config=None,
         vision_config=None,
         nar_config=None,
+        masked_decoder_config=None,
         num_codebooks: int = 2,
         acoustic_token_offset: int | None = None,
         video_fps: float = 5.0,
@@ -122,6 +141,7 @@ class C3LLMConfig(PreTrainedConfig):
         projector_hidden_size: int | None = None,
         max_audio_seconds: float = 10.0,
         nar_loss_weight: float = 1.0,
+        masked_loss_weight: float = 1.0,
         **kwargs,
     ):
         self.text_config = _sub_config(text_config, "gemma")
@@ -133,6 +153,11 @@ class C3LLMConfig(PreTrainedConfig):
         elif isinstance(nar_config, dict):
             nar_config = C3LLMNARConfig(**{k: v for k, v in nar_config.items() if k != "model_type"})
         self.nar_config = nar_config
+        if isinstance(masked_decoder_config, dict):
+            masked_decoder_config = C3LLMMaskedDecoderConfig(
+                **{k: v for k, v in masked_decoder_config.items() if k != "model_type"}
+            )
+        self.masked_decoder_config = masked_decoder_config
 
         max_codebooks = self.codec_num_quantizers
         if not 1 <= num_codebooks <= max_codebooks:
@@ -156,6 +181,7 @@ class C3LLMConfig(PreTrainedConfig):
         self.projector_hidden_size = projector_hidden_size or self.text_config.hidden_size
         self.max_audio_seconds = float(max_audio_seconds)
         self.nar_loss_weight = nar_loss_weight
+        self.masked_loss_weight = masked_loss_weight
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
 
@@ -225,4 +251,4 @@ def _first(value) -> int:
     return value[0] if isinstance(value, (list, tuple)) else value
 
 
-__all__ = ["C3LLMConfig", "C3LLMNARConfig", "SPECIAL_TOKEN_ROLES"]
+__all__ = ["C3LLMConfig", "C3LLMMaskedDecoderConfig", "C3LLMNARConfig", "SPECIAL_TOKEN_ROLES"]

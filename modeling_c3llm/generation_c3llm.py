@@ -11,6 +11,8 @@ from transformers import (
     GenerationMixin,
     LogitsProcessor,
     LogitsProcessorList,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
     UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
 from transformers.generation.utils import GenerateOutput
@@ -19,12 +21,23 @@ from transformers.utils import ModelOutput
 from .configuration_c3llm import C3LLMConfig
 
 
+# How `generate` produces audio: the LLM's codes one frame per step (the paper's), or the masked decoder filling every
+# frame in a few parallel steps (VATT's; needs a model with a masked decoder).
+DECODINGS = ("autoregressive", "masked")
+# The generation parameters masked decoding reads; other keywords are for the autoregressive loop only.
+MASKED_DECODING_PARAMETERS = ("do_sample", "temperature", "top_k", "top_p", "num_return_sequences", "max_new_tokens")
+
 # The model inputs of each modality, by the config property that names the placeholder token they fill in a prompt.
 MODALITY_INPUTS = {
     "audio_feature_token_id": ("input_features", "is_longer"),
     "video_frame_token_id": ("pixel_values_videos", "flow_values_videos", "video_features", "video_frames_mask"),
     "image_patch_token_id": ("pixel_values",),
 }
+
+
+def cosine_mask_ratio(progress: torch.Tensor | float) -> torch.Tensor:
+    """MaskGIT's cosine schedule: the share of a clip's codes still masked at `progress` in [0, 1]."""
+    return torch.cos(0.5 * math.pi * torch.as_tensor(progress, dtype=torch.float64))
 
 
 class AllowedTokensLogitsProcessor(LogitsProcessor):
@@ -142,6 +155,8 @@ class C3LLMGenerationMixin(GenerationMixin):
             top_k=min(250, config.codebook_size),
             max_new_tokens=int(config.max_audio_seconds * config.frame_rate),
             text_defaults={"do_sample": False, "max_new_tokens": 32},
+            decoding="autoregressive",
+            decoding_steps=16,
         )
 
     def _vocabulary_mask(self, audio: bool) -> torch.BoolTensor:
@@ -193,17 +208,16 @@ class C3LLMGenerationMixin(GenerationMixin):
             return {"max_new_tokens": int(config.max_audio_seconds * config.frame_rate)}
         return {}
 
-    def _guidance_processor(
+    def _negative_prompts(
         self,
         guidance_scale: float,
         input_ids: torch.LongTensor,
         negative_prompt_ids: torch.LongTensor | None,
         negative_prompt_attention_mask: torch.Tensor | None,
         features: dict[str, torch.Tensor],
-        expand: int,
-    ) -> NegativePromptGuidanceLogitsProcessor:
-        """Guidance against the negative prompts (default: the unconditional prompt `<bos><Audio>`), each repeated
-        `expand` times like its prompt, with the media of the placeholders they hold."""
+    ) -> tuple[torch.LongTensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The negative prompts of guidance (default: the unconditional prompt `<bos><Audio>`), checked, their mask
+        and the media of the placeholders they hold."""
         if not math.isfinite(guidance_scale) or guidance_scale <= 0:
             raise ValueError(f"guidance_scale must be a positive number, got {guidance_scale}.")
         config = self.config
@@ -225,12 +239,28 @@ class C3LLMGenerationMixin(GenerationMixin):
             keep = (negative_prompt_ids == token_id).any(-1)[(input_ids == token_id).any(-1)]
             if keep.any():
                 negative_inputs.update({name: features[name][keep] for name in names if name in features})
+        return negative_prompt_ids, negative_prompt_attention_mask, negative_inputs
+
+    def _guidance_processor(
+        self,
+        guidance_scale: float,
+        input_ids: torch.LongTensor,
+        negative_prompt_ids: torch.LongTensor | None,
+        negative_prompt_attention_mask: torch.Tensor | None,
+        features: dict[str, torch.Tensor],
+        expand: int,
+    ) -> NegativePromptGuidanceLogitsProcessor:
+        """Guidance of the autoregressive loop against the negative prompts, each repeated `expand` times like its
+        prompt."""
+        ids, mask, inputs = self._negative_prompts(
+            guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features
+        )
         return NegativePromptGuidanceLogitsProcessor(
             guidance_scale,
             self,
-            negative_prompt_ids.repeat_interleave(expand, dim=0),
-            negative_prompt_attention_mask.repeat_interleave(expand, dim=0),
-            {name: value.repeat_interleave(expand, dim=0) for name, value in negative_inputs.items()},
+            ids.repeat_interleave(expand, dim=0),
+            mask.repeat_interleave(expand, dim=0),
+            {name: value.repeat_interleave(expand, dim=0) for name, value in inputs.items()},
         )
 
     def _get_logits_processor(
@@ -259,6 +289,8 @@ class C3LLMGenerationMixin(GenerationMixin):
         negative_prompt_ids: torch.LongTensor | None = None,
         negative_prompt_attention_mask: torch.Tensor | None = None,
         logits_processor: LogitsProcessorList | None = None,
+        decoding: str | None = None,
+        decoding_steps: int | None = None,
         **kwargs,
     ) -> C3LLMAudioGenerationOutput | GenerateOutput | torch.LongTensor:
         r"""
@@ -279,6 +311,14 @@ class C3LLMGenerationMixin(GenerationMixin):
             (`C3LLMProcessor.unconditional_prompt`), which a model trained with `condition_dropout` knows.
         negative_prompt_attention_mask (`torch.LongTensor` of shape `(batch_size, negative_length)`, *optional*):
             Attention mask of `negative_prompt_ids`.
+        decoding (`str`, *optional*):
+            `"autoregressive"` (the paper's; default: `generation_config.decoding`) or `"masked"`: after one LLM prefill
+            of the prompt, the masked decoder fills every frame of codebook 1 in `decoding_steps` parallel steps, then
+            each finer codebook in one (see [`~C3LLMGenerationMixin.masked_decode`]). Masked decoding needs a length
+            (`audio_length_in_s`, else `max_new_tokens` frames) and reads `do_sample`, `temperature`, `top_k`, `top_p`,
+            `num_return_sequences` and `guidance_scale`.
+        decoding_steps (`int`, *optional*):
+            Iterations of masked decoding over codebook 1 (default: `generation_config.decoding_steps`, 16).
         kwargs:
             The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
             and generation parameters (`do_sample`, `top_k`, `max_new_tokens`, `num_return_sequences`, ...). With
@@ -289,6 +329,15 @@ class C3LLMGenerationMixin(GenerationMixin):
             raise ValueError("generate needs `input_ids`; build them with C3LLMProcessor.")
         attention_mask = self._prompt_mask(input_ids, attention_mask, "input_ids")
         output_audio = self._output_audio(input_ids)
+
+        decoding, decoding_steps = self._decoding(decoding, decoding_steps, output_audio, kwargs)
+        if decoding == "masked":
+            if logits_processor:
+                raise ValueError("logits_processor applies to decoding='autoregressive' only.")
+            return self._generate_masked(
+                input_ids, attention_mask, features, audio_length_in_s, guidance_scale, negative_prompt_ids,
+                negative_prompt_attention_mask, decoding_steps, kwargs,
+            )  # fmt: skip
 
         config = self.config
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
@@ -358,6 +407,170 @@ class C3LLMGenerationMixin(GenerationMixin):
             audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
         )
 
+    def _decoding(
+        self, decoding: str | None, decoding_steps: int | None, output_audio: bool, kwargs: dict[str, Any]
+    ) -> tuple[str, int]:
+        """This call's decoding mode and masked-decoding steps, checked against the task and the model."""
+        steps_given = decoding_steps is not None
+        decoding = decoding if decoding is not None else self._generation_setting(kwargs, "decoding") or DECODINGS[0]
+        if decoding_steps is None:
+            decoding_steps = self._generation_setting(kwargs, "decoding_steps") or 16
+        if decoding not in DECODINGS:
+            raise ValueError(f"Unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}.")
+        if isinstance(decoding_steps, bool) or not isinstance(decoding_steps, int) or decoding_steps < 1:
+            raise ValueError(f"decoding_steps must be a positive integer, got {decoding_steps!r}.")
+        if decoding == "masked":
+            if not output_audio:
+                raise ValueError(
+                    "decoding='masked' generates audio; text-output tasks (prompts not ending with <Audio>) decode "
+                    "autoregressively."
+                )
+            if getattr(self, "masked_decoder", None) is None:
+                raise ValueError(
+                    "This model has no masked decoder, so decoding='masked' cannot run. Train one with "
+                    "`c3llm train --stage 3` (or `model.add_masked_decoder()` and the masked loss), or decode "
+                    "autoregressively."
+                )
+        elif steps_given:
+            raise ValueError("decoding_steps applies to decoding='masked'; pass decoding='masked' with it.")
+        return decoding, decoding_steps
+
+    def _generate_masked(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        features: dict[str, torch.Tensor],
+        audio_length_in_s: float | None,
+        guidance_scale: float | None,
+        negative_prompt_ids: torch.LongTensor | None,
+        negative_prompt_attention_mask: torch.Tensor | None,
+        decoding_steps: int,
+        kwargs: dict[str, Any],
+    ) -> C3LLMAudioGenerationOutput:
+        """`generate(decoding="masked")`: one LLM prefill of the prompts (and of the negative prompts with guidance),
+        `masked_decode` of a clip of the asked length, EnCodec decoding."""
+        config = self.config
+        unsupported = sorted(set(kwargs) - {*MASKED_DECODING_PARAMETERS, "generation_config"})
+        if unsupported:
+            raise ValueError(f"decoding='masked' does not take {unsupported}; they apply to autoregressive decoding.")
+        settings = {name: self._generation_setting(kwargs, name) for name in MASKED_DECODING_PARAMETERS}
+        if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens"):
+            audio_length_in_s = self._generation_setting(kwargs, "audio_length_in_s")
+        frames = self._audio_length_kwargs(audio_length_in_s, kwargs).get("max_new_tokens") or settings["max_new_tokens"]
+        if guidance_scale is None:
+            guidance_scale = self._generation_setting(kwargs, "guidance_scale")
+        context = getattr(config.text_config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[1] > context:
+            raise ValueError(f"The prompt ({input_ids.shape[1]} tokens) exceeds the model's context of {context}.")
+
+        copies = settings["num_return_sequences"] or 1
+        states = self.prompt_states(self.get_multimodal_embeddings(input_ids, **features), attention_mask)
+        negative_states = negative_mask = None
+        if guidance_scale is not None and guidance_scale != 1:
+            ids, negative_mask, inputs = self._negative_prompts(
+                guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features
+            )
+            negative_states = self.prompt_states(self.get_multimodal_embeddings(ids, **inputs), negative_mask)
+            negative_states = negative_states.repeat_interleave(copies, dim=0)
+            negative_mask = negative_mask.bool().repeat_interleave(copies, dim=0)
+        elif negative_prompt_ids is not None:
+            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
+        rows = input_ids.shape[0] * copies
+        codes = input_ids.new_full((rows, config.num_codebooks, frames), -1)
+        codes = self.masked_decode(
+            states.repeat_interleave(copies, dim=0), attention_mask.bool().repeat_interleave(copies, dim=0), codes,
+            decoding_steps=decoding_steps, do_sample=bool(settings["do_sample"]), temperature=settings["temperature"],
+            top_k=settings["top_k"], top_p=settings["top_p"], guidance_scale=guidance_scale,
+            negative_states=negative_states, negative_mask=negative_mask,
+        )  # fmt: skip
+        audio = self.decode_audio(codes)
+        lengths = torch.full((rows,), frames * config.hop_length, device=audio.device)
+        if audio_length_in_s is not None:
+            target = round(audio_length_in_s * config.sampling_rate)
+            audio, lengths = audio[..., :target], lengths.clamp(max=target)
+        sequences = torch.cat([input_ids.repeat_interleave(copies, dim=0), codes[:, 0] + config.acoustic_token_offset], 1)
+        return C3LLMAudioGenerationOutput(
+            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
+        )
+
+    @torch.no_grad()
+    def masked_decode(
+        self,
+        condition_states: torch.Tensor,
+        condition_mask: torch.BoolTensor,
+        codes: torch.LongTensor,
+        frames_mask: torch.BoolTensor | None = None,
+        decoding_steps: int = 16,
+        do_sample: bool = True,
+        temperature: float | None = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        negative_states: torch.Tensor | None = None,
+        negative_mask: torch.BoolTensor | None = None,
+    ) -> torch.LongTensor:
+        r"""
+        Fills the negative entries of `codes` with the masked decoder (MaskGIT's iterative parallel decoding, level by
+        level as in SoundStorm). Codebook 1 takes `decoding_steps` iterations: each predicts every masked frame,
+        keeps the most confident predictions and re-masks the others, the masked share following the cosine schedule
+        `cosine_mask_ratio` down to none at the last step. Each finer codebook is then filled greedily in one pass.
+        Sampling uses `top_k`/`top_p` and a temperature annealed linearly from `temperature` at the first step to
+        `temperature / decoding_steps` at the last; classifier-free guidance (`negative_states`, with
+        `guidance_scale`) is annealed as in MAGNeT, from `guidance_scale` while everything is masked to 1 at the end.
+
+        Args:
+            condition_states (`torch.Tensor` of shape `(batch, cond_len, llm_hidden)`): `prompt_states` of the prompts.
+            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions are real.
+            codes (`torch.LongTensor` of shape `(batch, num_codebooks, frames)`): known codes; `-1` to generate.
+            frames_mask (`torch.BoolTensor` of shape `(batch, frames)`, *optional*): real frames (default: all).
+            negative_states, negative_mask: the same for the negative prompts of guidance.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch, num_codebooks, frames)`: `codes` with every real frame filled.
+        """
+        if decoding_steps < 1:
+            raise ValueError(f"decoding_steps must be a positive integer, got {decoding_steps}.")
+        decoder = self.masked_decoder
+        codes = codes.clone()
+        if frames_mask is None:
+            frames_mask = torch.ones_like(codes[:, 0], dtype=torch.bool)
+        guided = guidance_scale is not None and guidance_scale != 1
+        if guided and negative_states is None:
+            raise ValueError("guidance_scale needs negative_states (the prompt_states of the negative prompts).")
+        warpers = [TopKLogitsWarper(top_k)] if top_k else []
+        warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1 else []
+        for level in range(codes.shape[1]):
+            unknown = (codes[:, level] < 0) & frames_mask
+            total = unknown.sum(-1)
+            steps = decoding_steps if level == 0 else 1
+            for step in range(steps):
+                if not unknown.any():
+                    break
+                scores = decoder(condition_states, condition_mask, codes, level, frames_mask).float().log_softmax(-1)
+                if guided:
+                    masked_share = float(cosine_mask_ratio(step / steps))
+                    scale = 1 + (guidance_scale - 1) * masked_share
+                    negative = decoder(negative_states, negative_mask, codes, level, frames_mask).float().log_softmax(-1)
+                    scores = (negative + scale * (scores - negative)).log_softmax(-1)
+                if do_sample and level == 0:
+                    annealed = (temperature or 1.0) * (1 - step / steps)
+                    flat = scores.flatten(0, 1) / annealed
+                    for warper in warpers:
+                        flat = warper(None, flat)
+                    probs = flat.softmax(-1)
+                    chosen = torch.multinomial(probs, 1).view(scores.shape[:2])
+                    confidence = probs.gather(-1, chosen.view(-1, 1)).view(scores.shape[:2])
+                else:
+                    confidence, chosen = scores.max(-1)
+                # Keep the most confident predictions; the cosine schedule says how many frames stay masked.
+                still_masked = (total * cosine_mask_ratio((step + 1) / steps)).floor().long().to(total.device)
+                still_masked = torch.minimum(still_masked, unknown.sum(-1) - 1).clamp(min=0)
+                rank = confidence.masked_fill(~unknown, float("inf")).argsort(dim=-1, stable=True).argsort(dim=-1, stable=True)
+                remask = unknown & (rank < still_masked[:, None])
+                codes[:, level] = torch.where(unknown & ~remask, chosen, codes[:, level])
+                unknown = remask
+        return codes
+
     def _tokens_to_codes(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
         """Generated ids -> codebook-1 codes `(batch, frames)` up to the first non-acoustic token, and the frame mask."""
         codes = tokens - self.config.acoustic_token_offset
@@ -394,6 +607,7 @@ class C3LLMGenerationMixin(GenerationMixin):
 
 __all__ = [
     "AllowedTokensLogitsProcessor",
+    "cosine_mask_ratio",
     "C3LLMAudioGenerationOutput",
     "C3LLMGenerationMixin",
     "NegativePromptGuidanceLogitsProcessor",

@@ -14,19 +14,22 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .configuration_c3llm import C3LLMConfig, C3LLMNARConfig
-from .generation_c3llm import C3LLMGenerationMixin
+from .configuration_c3llm import C3LLMConfig, C3LLMMaskedDecoderConfig, C3LLMNARConfig
+from .generation_c3llm import C3LLMGenerationMixin, cosine_mask_ratio
 
 
 @dataclass
 class C3LLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-        `lm_loss + nar_loss_weight * nar_loss` (paper Eq. 1 + Eq. 2).
+        `lm_loss + nar_loss_weight * nar_loss` (paper Eq. 1 + Eq. 2), `+ masked_loss_weight * masked_loss` with a
+        masked decoder.
     lm_loss (`torch.FloatTensor`, *optional*):
         LLM cross-entropy on the target span (coarse acoustic tokens or caption tokens), Eq. 1.
     nar_loss (`torch.FloatTensor`, *optional*):
         NAR cross-entropy on codebooks 2..K, averaged over levels, Eq. 2.
+    masked_loss (`torch.FloatTensor`, *optional*):
+        The masked decoder's cross-entropy on the masked codes (see `compute_masked_loss`).
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         LLM logits.
     past_key_values (`Cache`, *optional*):
@@ -36,6 +39,7 @@ class C3LLMOutputWithPast(ModelOutput):
     loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     nar_loss: torch.FloatTensor | None = None
+    masked_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     past_key_values: object | None = None
 
@@ -109,7 +113,46 @@ class C3LLMNARLayer(GradientCheckpointingLayer):
         return hidden_states + F.dropout(mlp, self.dropout, self.training)
 
 
-class C3LLMNARHead(nn.Module):
+class C3LLMCodesTransformer(nn.Module):
+    r"""
+    What the NAR head and the masked decoder share: a condition projected into the transformer's width and placed
+    before the audio frames along the sequence (segment and sinusoidal position embeddings on both), bidirectional
+    layers over the whole, and a final norm on the frames. Subclasses embed the codes and own the output heads.
+    """
+
+    def __init__(self, config: C3LLMConfig, sizes: C3LLMNARConfig):
+        super().__init__()
+        self.hidden_size = sizes.hidden_size
+        self.condition_proj = nn.Linear(config.text_config.hidden_size, sizes.hidden_size)
+        self.segment_embeddings = nn.Embedding(2, sizes.hidden_size)
+        self.layers = nn.ModuleList(C3LLMNARLayer(sizes) for _ in range(sizes.num_hidden_layers))
+        self.norm = nn.LayerNorm(sizes.hidden_size, eps=sizes.layer_norm_eps)
+
+    def encode(
+        self,
+        condition: torch.Tensor,
+        condition_mask: torch.Tensor,
+        acoustic: torch.Tensor,
+        frames_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """`condition (batch, cond_len, llm_hidden)` and embedded frames `(batch, frames, hidden)` -> the frames'
+        final hidden states `(batch, frames, hidden)`."""
+        positions = torch.arange(acoustic.shape[1], device=acoustic.device)
+        acoustic = acoustic + self.segment_embeddings.weight[1]
+        acoustic = acoustic + sinusoidal_embeddings(positions, self.hidden_size).to(acoustic.dtype)
+        condition = self.condition_proj(condition) + self.segment_embeddings.weight[0]
+        condition_positions = (condition_mask.long().cumsum(-1) - 1).clamp(min=0)
+        condition = condition + sinusoidal_embeddings(condition_positions, self.hidden_size).to(condition.dtype)
+
+        hidden_states = torch.cat([condition, acoustic], dim=1)
+        key_mask = torch.cat([condition_mask, frames_mask], dim=1).bool()
+        attention_mask = key_mask[:, None, None, :]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return self.norm(hidden_states[:, condition.shape[1] :])
+
+
+class C3LLMNARHead(C3LLMCodesTransformer):
     r"""
     Non-autoregressive transformer of paper section 3.3: predicts codebook `k+1` for every frame at once from the
     codes of codebooks `1..k` (summed embeddings) and the condition (the prompt's LLM input embeddings: text tokens or
@@ -117,17 +160,13 @@ class C3LLMNARHead(nn.Module):
     """
 
     def __init__(self, config: C3LLMConfig):
-        super().__init__()
-        nar = config.nar_config
+        super().__init__(config, config.nar_config)
         levels = config.num_codebooks - 1
-        self.hidden_size = nar.hidden_size
-        self.condition_proj = nn.Linear(config.text_config.hidden_size, nar.hidden_size)
-        self.code_embeddings = nn.ModuleList(nn.Embedding(config.codebook_size, nar.hidden_size) for _ in range(levels))
-        self.level_embeddings = nn.Embedding(levels, nar.hidden_size)
-        self.segment_embeddings = nn.Embedding(2, nar.hidden_size)
-        self.layers = nn.ModuleList(C3LLMNARLayer(nar) for _ in range(nar.num_hidden_layers))
-        self.norm = nn.LayerNorm(nar.hidden_size, eps=nar.layer_norm_eps)
-        self.heads = nn.ModuleList(nn.Linear(nar.hidden_size, config.codebook_size) for _ in range(levels))
+        self.code_embeddings = nn.ModuleList(
+            nn.Embedding(config.codebook_size, self.hidden_size) for _ in range(levels)
+        )
+        self.level_embeddings = nn.Embedding(levels, self.hidden_size)
+        self.heads = nn.ModuleList(nn.Linear(self.hidden_size, config.codebook_size) for _ in range(levels))
 
     def forward(
         self,
@@ -149,21 +188,60 @@ class C3LLMNARHead(nn.Module):
         level = codes.shape[1] - 1
         codes = codes.clamp(min=0)
         acoustic = sum(self.code_embeddings[j](codes[:, j]) for j in range(level + 1))
-        acoustic = acoustic + self.level_embeddings.weight[level] + self.segment_embeddings.weight[1]
-        acoustic = acoustic + sinusoidal_embeddings(
-            torch.arange(codes.shape[-1], device=codes.device), self.hidden_size
-        ).to(acoustic.dtype)
-        condition = self.condition_proj(condition_embeds) + self.segment_embeddings.weight[0]
-        condition_positions = (condition_mask.long().cumsum(-1) - 1).clamp(min=0)
-        condition = condition + sinusoidal_embeddings(condition_positions, self.hidden_size).to(condition.dtype)
+        acoustic = acoustic + self.level_embeddings.weight[level]
+        return self.heads[level](self.encode(condition_embeds, condition_mask, acoustic, frames_mask))
 
-        hidden_states = torch.cat([condition, acoustic], dim=1)
-        key_mask = torch.cat([condition_mask, frames_mask], dim=1).bool()
-        attention_mask = key_mask[:, None, None, :]
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask)
-        hidden_states = self.norm(hidden_states[:, condition.shape[1] :])
-        return self.heads[level](hidden_states)
+
+class C3LLMMaskedDecoder(C3LLMCodesTransformer):
+    r"""
+    Masked audio decoder (VATT's, after MaskGIT and SoundStorm): given the LLM's final hidden states of the prompt and
+    the codes of every codebook with some masked (negative values), predicts codebook `level` at every frame. Each
+    codebook has its own embedding (with a mask row) and output head; the level being predicted is embedded too.
+    Decoding (`generate(decoding="masked")`) fills codebook 1 in a few iterations, then each finer codebook in one.
+    """
+
+    def __init__(self, config: C3LLMConfig):
+        super().__init__(config, config.masked_decoder_config)
+        self.mask_id = config.codebook_size
+        levels = config.num_codebooks
+        self.code_embeddings = nn.ModuleList(
+            nn.Embedding(config.codebook_size + 1, self.hidden_size) for _ in range(levels)
+        )
+        self.level_embeddings = nn.Embedding(levels, self.hidden_size)
+        self.heads = nn.ModuleList(nn.Linear(self.hidden_size, config.codebook_size) for _ in range(levels))
+
+    def forward(
+        self,
+        condition_states: torch.Tensor,
+        condition_mask: torch.Tensor,
+        codes: torch.LongTensor,
+        level: int | torch.LongTensor,
+        frames_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        r"""
+        Args:
+            condition_states (`torch.Tensor` of shape `(batch, cond_len, llm_hidden)`): the LLM's final hidden states
+                of the prompt.
+            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions are real.
+            codes (`torch.LongTensor` of shape `(batch, num_codebooks, frames)`): known codes, negative where masked.
+            level (`int` or `torch.LongTensor` of shape `(batch,)`): the codebook (0-based) to predict, per example.
+            frames_mask (`torch.BoolTensor` of shape `(batch, frames)`): which frames are real.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, frames, codebook_size)`: logits of codebook `level`.
+        """
+        codes = codes.masked_fill(codes < 0, self.mask_id)
+        acoustic = sum(embedding(codes[:, j]) for j, embedding in enumerate(self.code_embeddings))
+        level = torch.as_tensor(level, device=codes.device).expand(codes.shape[0])
+        acoustic = acoustic + self.level_embeddings(level)[:, None, :]
+        hidden_states = self.encode(condition_states, condition_mask, acoustic, frames_mask)
+        if bool((level == level[0]).all()):
+            return self.heads[int(level[0])](hidden_states)
+        logits = hidden_states.new_empty(*hidden_states.shape[:2], self.heads[0].out_features)
+        for value in level.unique().tolist():
+            rows = level == value
+            logits[rows] = self.heads[value](hidden_states[rows])
+        return logits
 
 
 class C3LLMPreTrainedModel(PreTrainedModel):
@@ -208,6 +286,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         self.video_projector = C3LLMProjector(config.video_feature_size, config)
         self.image_projector = C3LLMProjector(config.vision_config.hidden_size, config)
         self.nar_head = C3LLMNARHead(config) if config.num_codebooks > 1 else None
+        self.masked_decoder = C3LLMMaskedDecoder(config) if config.masked_decoder_config is not None else None
         self.freeze_encoders()
         self.post_init()
         self.generation_config = self.default_generation_config(config)
@@ -216,6 +295,24 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         """Freezes the codec and the CLAP and vision encoders (the paper trains only projectors, NAR and LoRA)."""
         for name in self._frozen_modules:
             getattr(self, name).requires_grad_(False).eval()
+
+    def add_masked_decoder(self, sizes: C3LLMMaskedDecoderConfig | None = None) -> C3LLMMaskedDecoder:
+        """Gives a model without one a freshly initialised masked decoder (default: the NAR head's sizes) and records
+        it in the config; returns it."""
+        if self.masked_decoder is not None:
+            raise ValueError("This model already has a masked decoder.")
+        if sizes is None:
+            nar = self.config.nar_config
+            sizes = C3LLMMaskedDecoderConfig(
+                hidden_size=nar.hidden_size, num_hidden_layers=nar.num_hidden_layers,
+                num_attention_heads=nar.num_attention_heads, intermediate_size=nar.intermediate_size,
+                dropout=nar.dropout,
+            )  # fmt: skip
+        self.config.masked_decoder_config = sizes
+        decoder = C3LLMMaskedDecoder(self.config)
+        decoder.apply(self._init_weights)
+        self.masked_decoder = decoder.to(device=self.device, dtype=self.dtype)
+        return self.masked_decoder
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -423,6 +520,56 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             losses.append(F.cross_entropy(logits[frames_mask].float(), audio_codes[:, level][frames_mask]))
         return torch.stack(losses).mean()
 
+    def sample_masking(
+        self, frames_mask: torch.BoolTensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.LongTensor, torch.BoolTensor]:
+        """The masked objective's corruption of a batch: per example a codebook, uniformly, and a share
+        `cosine_mask_ratio(u)`, `u ~ U(0, 1)`, of its real frames (at least one), chosen uniformly. Returns the
+        levels `(batch,)` and the masked frames `(batch, frames)`."""
+        batch, frames = frames_mask.shape
+        device = frames_mask.device
+        level = torch.randint(self.config.num_codebooks, (batch,), generator=generator, device=device)
+        ratio = cosine_mask_ratio(torch.rand(batch, generator=generator, device=device)).to(device)
+        lengths = frames_mask.sum(-1)
+        count = (ratio * lengths).ceil().long().clamp(min=1)
+        scores = torch.rand(batch, frames, generator=generator, device=device).masked_fill(~frames_mask, 2.0)
+        rank = scores.argsort(-1).argsort(-1)  # each frame's rank among its clip's random scores; padding last
+        return level, (rank < count[:, None]) & frames_mask
+
+    def compute_masked_loss(
+        self,
+        condition_states: torch.Tensor,
+        condition_mask: torch.Tensor,
+        audio_codes: torch.LongTensor,
+        level: torch.LongTensor | None = None,
+        token_mask: torch.BoolTensor | None = None,
+    ) -> torch.Tensor:
+        r"""
+        The masked decoder's objective (SoundStorm's, with MaskGIT's cosine schedule): cross-entropy on the masked
+        codes of codebook `level`, given the lower codebooks whole, the unmasked codes of `level` and the higher
+        codebooks all masked. `level` `(batch,)` and `token_mask` `(batch, frames)` default to `sample_masking`.
+        """
+        frames_mask = audio_codes[:, 0] >= 0
+        if level is None or token_mask is None:
+            level, token_mask = self.sample_masking(frames_mask)
+        token_mask = token_mask & frames_mask
+        levels = torch.arange(audio_codes.shape[1], device=audio_codes.device)[None, :, None]
+        chosen = level.to(audio_codes.device)[:, None, None]
+        hidden = (levels > chosen) | ((levels == chosen) & token_mask[:, None, :])
+        logits = self.masked_decoder(
+            condition_states, condition_mask, audio_codes.masked_fill(hidden, -1), level, frames_mask
+        )
+        targets = audio_codes.gather(1, chosen.expand(-1, 1, audio_codes.shape[-1]))[:, 0]
+        return F.cross_entropy(logits[token_mask].float(), targets[token_mask])
+
+    def prompt_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The LLM's final hidden states of left-padded prompts `(batch, length, hidden)`: the masked decoder's
+        condition, from one prefill."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.language_model.model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -468,6 +615,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             `-inf`. `generate` sets it for audio outputs, where a large text vocabulary would otherwise make the
             output layer a large share of every step. Not for training (`labels`).
         """
+        train_masked = audio_codes is not None and labels is not None and self.masked_decoder is not None
         if audio_logits_only and labels is not None:
             raise ValueError("audio_logits_only is for generation; compute training losses with the full logits.")
         if (input_ids is None) == (inputs_embeds is None):
@@ -492,6 +640,8 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = torch.arange(past, past + length, device=inputs_embeds.device).expand(batch, -1)
 
+        if train_masked:  # the masked decoder's condition: the final hidden states of the prompt positions
+            kwargs["output_hidden_states"] = True
         inputs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=past_key_values, use_cache=use_cache, **kwargs)
         head = self.language_model.get_output_embeddings()
@@ -502,26 +652,32 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             outputs = self.language_model(**inputs, logits_to_keep=logits_to_keep)
             logits = outputs.logits
 
-        loss = lm_loss = nar_loss = None
+        loss = lm_loss = nar_loss = masked_loss = None
         if labels is not None:
             # Shift the labels, not the logits: slicing the logits would copy them (and their gradient) once more.
             next_labels = F.pad(labels, (0, 1), value=-100)[:, 1:].to(logits.device)
             lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), next_labels.flatten(), ignore_index=-100)
             loss = lm_loss
-        if audio_codes is not None and self.nar_head is not None:
+        if audio_codes is not None and (self.nar_head is not None or self.masked_decoder is not None):
             if labels is None:
                 raise ValueError("`audio_codes` needs `labels` too: the NAR condition is the unlabelled prompt.")
             has_audio = (audio_codes[:, 0] >= 0).any(-1)
             if has_audio.any():
                 attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
-                condition_mask = attended & (labels == -100)
-                nar_loss = self.compute_nar_loss(
-                    inputs_embeds[has_audio], condition_mask[has_audio], audio_codes[has_audio]
-                )
-                loss = nar_loss * self.config.nar_loss_weight if loss is None else loss + nar_loss * self.config.nar_loss_weight
+                condition_mask = (attended & (labels == -100))[has_audio]
+                weighted = []
+                if self.nar_head is not None:
+                    nar_loss = self.compute_nar_loss(inputs_embeds[has_audio], condition_mask, audio_codes[has_audio])
+                    weighted.append(nar_loss * self.config.nar_loss_weight)
+                if train_masked:
+                    states = outputs.hidden_states[-1][has_audio]
+                    masked_loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])
+                    weighted.append(masked_loss * self.config.masked_loss_weight)
+                loss = sum(weighted) if loss is None else loss + sum(weighted)
 
         return C3LLMOutputWithPast(
-            loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, logits=logits, past_key_values=outputs.past_key_values
+            loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, masked_loss=masked_loss, logits=logits,
+            past_key_values=outputs.past_key_values,
         )
 
     # ---- audio logits ------------------------------------------------------------------------------------------
@@ -541,4 +697,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         return logits
 
 
-__all__ = ["C3LLMForConditionalGeneration", "C3LLMPreTrainedModel", "C3LLMOutputWithPast", "C3LLMNARHead"]
+__all__ = [
+    "C3LLMForConditionalGeneration",
+    "C3LLMMaskedDecoder",
+    "C3LLMNARHead",
+    "C3LLMOutputWithPast",
+    "C3LLMPreTrainedModel",
+]

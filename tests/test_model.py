@@ -340,6 +340,7 @@ def test_generation_config_defaults_round_trip_and_yield_to_keywords(tiny_folder
     assert {k: v for k, v in saved.items() if k != "transformers_version"} == {
         "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "do_sample": True, "top_k": 250,
         "max_new_tokens": 150, "text_defaults": {"do_sample": False, "max_new_tokens": 32},
+        "decoding": "autoregressive", "decoding_steps": 16,
     }  # fmt: skip
     model = AutoModel.from_pretrained(tiny_folder).eval()
     model.generation_config.guidance_scale = 3.0
