@@ -24,6 +24,7 @@ import numpy as np
 
 from c3llm.loading import CLIError, load_model
 from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
+from modeling_c3llm.generation_c3llm import DECODINGS
 from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, check_task_inputs
 
 PROG = "c3llm"
@@ -156,6 +157,8 @@ def run_task(
     greedy: bool = False,
     temperature: float | None = None,
     top_k: int | None = None,
+    decoding: str | None = None,
+    decoding_steps: int | None = None,
 ) -> TaskResult:
     """Runs one task from files and writes its output: a WAV for audio tasks, a UTF-8 text file for text tasks."""
     import torch
@@ -177,6 +180,10 @@ def run_task(
             raise CLIError(f"--seconds must be at most {limit:g} for this model, got {seconds:g}.")
     if greedy and (temperature is not None or top_k is not None):
         raise CLIError("--greedy picks the most likely token; it cannot be combined with --temperature or --top-k.")
+    if decoding_steps is not None and decoding != "masked":
+        raise CLIError("--decoding-steps applies to --decoding masked; add --decoding masked.")
+    if decoding == "masked" and output_kind == "text":
+        raise CLIError(f"--decoding masked generates audio; task {task!r} makes text, which decodes autoregressively.")
 
     arguments = {a: os.fspath(v) if isinstance(v, os.PathLike) else v for a, v in inputs.items() if v is not None}
     if "video_features" in arguments:
@@ -198,6 +205,10 @@ def run_task(
             kwargs["audio_length_in_s"] = seconds
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
+        if decoding is not None:
+            kwargs["decoding"] = decoding
+        if decoding_steps is not None:
+            kwargs["decoding_steps"] = decoding_steps
         torch.manual_seed(seed)
         generated = model.generate(**batch, **kwargs)
     except ValueError as e:
@@ -228,7 +239,8 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
             print(cmd_build_pretrained(args))
             return 0
-        model, _ = build_tiny(out, seed=args.seed, num_codebooks=args.num_codebooks)
+        model, _ = build_tiny(out, seed=args.seed, num_codebooks=args.num_codebooks,
+                              masked_num_layers=args.masked_decoder_layers)
     except (ValueError, FileExistsError) as e:
         raise CLIError(str(e)) from e
     parameters = sum(p.numel() for p in model.parameters())
@@ -247,7 +259,8 @@ def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     model, processor = load_model(args.model)
     result = run_task(model, processor, args.task, inputs, args.out, seconds=args.seconds,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, greedy=args.greedy,
-                      temperature=args.temperature, top_k=args.top_k)  # fmt: skip
+                      temperature=args.temperature, top_k=args.top_k, decoding=args.decoding,
+                      decoding_steps=args.decoding_steps)  # fmt: skip
     print(f"{result.task}: wrote {result.output} ({result.describe()})")
     return 0
 
@@ -384,6 +397,7 @@ BUILD_EPILOG = """examples:
       --dtype bfloat16 --max-shard-size 2GB --out models/c3llm
   c3llm build --tiny --out models/tiny
   c3llm build --tiny --out models/tiny-4cb --num-codebooks 4 --seed 1
+  c3llm build --tiny --out models/masked --masked-decoder-layers 2
 
 The folder holds config.json, model.safetensors, the processor files and the modelling code, so it loads with
 AutoModel/AutoProcessor (after `import modeling_c3llm, processing_c3llm`) or with trust_remote_code=True.
@@ -405,6 +419,8 @@ examples:
   c3llm generate --model models/tiny --task video-to-audio --video clip.mp4 --seconds 1.5 --out clip.wav
   c3llm generate --model models/tiny --task video-text-to-audio --video clip.mp4 --text "rain" --out rain.wav
   c3llm generate --model models/tiny --task image-to-audio --image photo.png --greedy --out photo.wav
+  c3llm generate --model models/masked --task text-to-audio --text "a dog barks" --decoding masked \
+      --decoding-steps 8 --out dog.wav      (a model with a masked decoder: `c3llm build --tiny --masked-decoder-layers 2`)
 
 Exit codes: 0 success, 2 invalid arguments or inputs (printed as 'c3llm: error: ...').
 """
@@ -458,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="EnCodec codebooks the model uses: the LLM predicts the first, the NAR head the other K-1",
     )
+    build.add_argument(
+        "--masked-decoder-layers",
+        type=_positive_int,
+        metavar="N",
+        help="give the model a masked decoder of N layers (the NAR head's width) for `generate --decoding masked`, "
+        "untrained in a pretrained build until `c3llm train --stage 3` (default: none)",
+    )
     build.set_defaults(handler=cmd_build, subparser=build)
 
     generate = commands.add_parser(
@@ -493,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="sampling temperature (default: the model's generation config)")
     sampling.add_argument("--top-k", type=_non_negative_int, metavar="K",
                           help="sample among the K most likely tokens, 0 for all (default: the model's generation config)")
+    sampling.add_argument("--decoding", choices=DECODINGS, metavar="MODE",
+                          help="how audio is decoded: 'autoregressive' (the LLM, one frame per step, the paper's) or "
+                          "'masked' (the masked decoder fills every frame in a few parallel steps; needs a model with "
+                          "one, see `c3llm train --stage 3`); default: the model's generation config")
+    sampling.add_argument("--decoding-steps", type=_positive_int, metavar="N",
+                          help="iterations of --decoding masked (default: the model's generation config, 16)")
     generate.add_argument("--out", required=True, type=Path, metavar="PATH",
                           help="output file: .wav for audio tasks, a text file (e.g. .txt) for text tasks")
     generate.set_defaults(handler=cmd_generate, subparser=generate)

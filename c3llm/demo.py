@@ -197,7 +197,7 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("loss", "lm_loss", "nar_loss"):
+    for key in ("loss", "lm_loss", "nar_loss", "masked_loss"):
         points = [(r["step"], r[key]) for r in log_history if key in r and "step" in r]
         if points:
             ax.plot(*zip(*points), label=key)
@@ -248,7 +248,7 @@ def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Pa
                   for task, e in tasks.items()},
         "test_clips": min(e["clips"] for e in tasks.values()),
         "timing_s": timing,
-        **{key: train_metrics.get(key) for key in ("train_loss", "train_lm_loss", "train_nar_loss")},
+        **{key: train_metrics.get(key) for key in ("train_loss", "train_lm_loss", "train_nar_loss", "train_masked_loss")},
     }  # fmt: skip
     write_text(report / "metrics.json", json.dumps(metrics, indent=2))
     write_text(report / "details.json", json.dumps({task: e["records"] for task, e in tasks.items()}, indent=2))

@@ -27,6 +27,8 @@ def cmd_build_pretrained(args: argparse.Namespace) -> str:
         raise ValueError(f"--nar-config must be a JSON object of C3LLMNARConfig fields: {e}") from e
     model, processor = assemble_pretrained(**sources, dtype=DTYPES[args.dtype], seed=args.seed,
                                            num_codebooks=args.num_codebooks, nar_config=nar_config)
+    if args.masked_decoder_layers:
+        model.add_masked_decoder(args.masked_decoder_layers)
     save_folder(model, processor, args.out, max_shard_size=args.max_shard_size)
     parameters = sum(p.numel() for p in model.parameters())
     return (f"assembled C3LLM from {args.llm} ({parameters / 1e6:.1f} M parameters, {args.dtype}) in {args.out} "

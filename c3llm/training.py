@@ -1,5 +1,5 @@
-"""Training recipes for C3LLM (arXiv 2405.16136): stage 1 (LoRA + acoustic vocabulary + projectors, Eq. 1) and
-stage 2 (the NAR head, Eq. 2), on the transformers `Trainer`.
+"""Training recipes for C3LLM (arXiv 2405.16136): stage 1 (LoRA + acoustic vocabulary + projectors, Eq. 1),
+stage 2 (the NAR head, Eq. 2) and stage 3 (the masked decoder of `decoding="masked"`), on the transformers `Trainer`.
 
     c3llm train c3llm/recipes/stage1.yaml                    # a YAML or JSON config ...
     c3llm train c3llm/recipes/stage1.yaml --max_steps 100    # ... with flags overriding it
@@ -8,7 +8,8 @@ stage 2 (the NAR head, Eq. 2), on the transformers `Trainer`.
         -m c3llm.training c3llm/recipes/stage1.yaml   # several GPUs (DDP or FSDP)
 
 Stage 1 saves `output_dir/adapter` (the PEFT adapter) and `output_dir/merged` (a complete model folder with its
-processor, loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)`); stage 2 saves `output_dir/merged`.
+processor, loadable with `AutoModel.from_pretrained(..., trust_remote_code=True)`); stages 0, 2 and 3 save
+`output_dir/merged`.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ class ModelArguments:
     stage: int = field(
         default=1,
         metadata={
-            "help": "1: LoRA on the LLM, the new token rows and the projectors (Eq. 1). 2: the NAR head only (Eq. 2). "
-            "0: everything but the frozen encoders and codec, jointly (Eq. 1 + Eq. 2), for a small backbone trained "
-            "from scratch such as the demo's.",
-            "choices": [0, 1, 2],
+            "help": "1: LoRA on the LLM, the new token rows and the projectors (Eq. 1), and the masked decoder if the "
+            "model has one. 2: the NAR head only (Eq. 2). 3: the masked decoder only (masked-token loss, cosine "
+            "masking-ratio schedule; the LLM frozen), added first to a model without one. 0: everything but the "
+            "frozen encoders and codec, jointly, for a small backbone trained from scratch such as the demo's.",
+            "choices": [0, 1, 2, 3],
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (stage 1)."})
@@ -84,7 +86,15 @@ class ModelArguments:
     adapter_path: str | None = field(
         default=None,
         metadata={
-            "help": "A stage-1 adapter folder. Stage 1: continue training it. Stage 2: merge it into the model first."
+            "help": "A stage-1 adapter folder. Stage 1: continue training it. Stages 2 and 3: merge it into the model "
+            "first."
+        },
+    )
+    masked_decoder_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stage 3 on a model without a masked decoder: its number of layers (width, heads and MLP are the "
+            "NAR head's; default: the NAR head's layers too)."
         },
     )
     standardize_features: bool = field(
@@ -175,7 +185,7 @@ def load_model_and_processor(model_args: ModelArguments) -> tuple[C3LLMForCondit
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: a C3LLM model folder (see `c3llm build`).")
     dtype = _dtype(model_args)
-    if model_args.stage == 2 and model_args.adapter_path:
+    if model_args.stage in (2, 3) and model_args.adapter_path:
         model = merge_adapter(model_args.model_name_or_path, model_args.adapter_path, dtype=dtype)
     else:
         model = C3LLMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
@@ -189,7 +199,7 @@ def _dtype(model_args: ModelArguments) -> Any:
 
 def trainable_parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """Trainable parameters per group (LoRA, new token rows, projectors, NAR head, other) and in total."""
-    counts = {"lora": 0, "token_rows": 0, "projectors": 0, "nar_head": 0, "other": 0}
+    counts = {"lora": 0, "token_rows": 0, "projectors": 0, "nar_head": 0, "masked_decoder": 0, "other": 0}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -201,6 +211,8 @@ def trainable_parameter_counts(model: torch.nn.Module) -> dict[str, int]:
             group = "projectors"
         elif "nar_head" in name:
             group = "nar_head"
+        elif "masked_decoder" in name:
+            group = "masked_decoder"
         else:
             group = "other"
         counts[group] += param.numel()
@@ -214,9 +226,10 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
     Sets up what trains. Stage 1 (paper 3.2) returns a `PeftModel`: LoRA on the language model's attention and MLP
     projections, the acoustic/special token rows of the (tied) embedding through PEFT's `trainable_token_indices`
     (run by `EfficientTrainableTokens`), the projectors fully trained (`modules_to_save`), and the NAR loss weight 0
-    (Eq. 1 only). Stage 2 (paper 3.3) returns the model with everything frozen except `nar_head` (Eq. 2). Stage 0
-    trains all but the encoders and codec jointly (a backbone from scratch). Encoders and codec stay frozen in every
-    stage.
+    (Eq. 1, plus the masked loss with the masked decoder trained too if the model has one). Stage 2 (paper 3.3)
+    returns the model with everything frozen except `nar_head` (Eq. 2). Stage 3 trains the masked decoder alone on the
+    frozen LLM's prompt states (adding one to a model without: `masked_decoder_layers`). Stage 0 trains all but the
+    encoders and codec jointly (a backbone from scratch). Encoders and codec stay frozen in every stage.
     """
     config = model.config
     model.requires_grad_(False)
@@ -240,7 +253,7 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
                 lora_dropout=model_args.lora_dropout,
                 target_modules=rf"language_model\..*\.({targets})",  # never the vision/audio encoders' layers
                 trainable_token_indices=token_rows,
-                modules_to_save=list(PROJECTORS),
+                modules_to_save=PROJECTORS + (["masked_decoder"] if model.masked_decoder is not None else []),
             )
             model = get_peft_model(model, lora_config)
         use_efficient_trainable_tokens(model)  # same parameters and files, the backward pass skips frozen rows
@@ -256,8 +269,13 @@ def prepare_model(model: C3LLMForConditionalGeneration, model_args: ModelArgumen
         if model.nar_head is None:
             raise ValueError("Stage 2 trains the NAR head, but this model has num_codebooks=1 and no NAR head.")
         model.nar_head.requires_grad_(True)
+        config.masked_loss_weight = 0.0  # the NAR loss only; run_training restores the weight in the saved model
+    elif model_args.stage == 3:
+        if model.masked_decoder is None:
+            model.add_masked_decoder(model_args.masked_decoder_layers)
+        model.masked_decoder.requires_grad_(True)
     else:
-        raise ValueError(f"stage must be 0, 1 or 2, got {model_args.stage}.")
+        raise ValueError(f"stage must be 0, 1, 2 or 3, got {model_args.stage}.")
     model.freeze_encoders()  # (a PeftModel forwards the call) frozen and in eval mode
     counts = trainable_parameter_counts(model)
     parts = ", ".join(f"{k} {v:,}" for k, v in counts.items() if k not in ("trainable", "total") and v)
@@ -365,25 +383,33 @@ def write_data_report(reports: dict[str, Any], path: str | os.PathLike) -> None:
 
 
 # ---- trainer ----------------------------------------------------------------------------------------------------
+LOSS_PARTS = ("lm_loss", "nar_loss", "masked_loss")  # the model output's losses the Trainer logs separately
+OBJECTIVES = {0: "loss", 1: "loss", 2: "nar_loss", 3: "masked_loss"}  # what each stage optimises
+
+
 class C3LLMTrainer(Trainer):
     r"""
     `Trainer` for C3LLM. The optimised and reported `loss` is the stage's objective, a per-batch mean: with
-    `objective="loss"` the model's `loss` (`lm_loss + nar_loss_weight * nar_loss`; stage 1 sets the weight to 0), with
-    `objective="nar"` the NAR loss alone (stage 2: the LLM loss carries no gradient there). `lm_loss` and `nar_loss`
-    are logged separately for training and evaluation (`eval_lm_loss`, `eval_nar_loss`), averaged over batches and
-    processes.
+    `objective="loss"` the model's `loss` (`lm_loss + nar_loss_weight * nar_loss + masked_loss_weight * masked_loss`;
+    stage 1 sets the NAR weight to 0), with `objective="nar_loss"` or `"masked_loss"` that loss alone (stages 2 and 3:
+    the others carry no gradient there). `lm_loss`, `nar_loss` and `masked_loss` are logged separately for training
+    and evaluation (`eval_lm_loss`, ...), averaged over batches and processes.
     """
 
     def __init__(self, *args, objective: str = "loss", **kwargs):
-        if objective not in ("loss", "nar"):
-            raise ValueError(f"objective must be 'loss' or 'nar', got {objective!r}.")
+        if objective not in ("loss", *LOSS_PARTS[1:]):
+            raise ValueError(f"objective must be 'loss', 'nar_loss' or 'masked_loss', got {objective!r}.")
         super().__init__(*args, **kwargs)
         self.objective = objective
         # The model's loss is a per-batch mean that ignores `num_items_in_batch`: the Trainer must divide it by the
         # accumulation steps and must not scale it by the number of processes.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
-        self._loss_sums = {"train": [0.0, 0, 0.0, 0], "eval": [0.0, 0, 0.0, 0]}  # lm sum, lm count, nar sum, nar count
+        self._loss_sums = {"train": self._zero_sums(), "eval": self._zero_sums()}  # per part: sum then count
+
+    @staticmethod
+    def _zero_sums() -> list[float]:
+        return [0.0] * (2 * len(LOSS_PARTS))
 
     def get_eval_dataloader(self, eval_dataset=None):
         collator = self.data_collator
@@ -396,32 +422,28 @@ class C3LLMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, use_cache=False)
-        loss = outputs.nar_loss if self.objective == "nar" else outputs.loss
+        loss = getattr(outputs, self.objective)
         if loss is None:
             raise ValueError(
-                "The batch has no targets: training examples need captions or audio_codes (stage 2: audio_codes)."
+                "The batch has no targets: training examples need captions or audio_codes (stages 2 and 3: "
+                "audio_codes)."
             )
         sums = self._loss_sums["train" if model.training else "eval"]
-        if outputs.lm_loss is not None:
-            sums[0] += float(outputs.lm_loss.detach())
-            sums[1] += 1
-        if outputs.nar_loss is not None:
-            sums[2] += float(outputs.nar_loss.detach())
-            sums[3] += 1
+        for index, part in enumerate(LOSS_PARTS):
+            value = getattr(outputs, part)
+            if value is not None:
+                sums[2 * index] += float(value.detach())
+                sums[2 * index + 1] += 1
         return (loss, outputs) if return_outputs else loss
 
     def _pop_means(self, kind: str) -> dict[str, float]:
         """Means of the tracked losses since the last call, over all processes (a collective call)."""
         sums = torch.tensor(self._loss_sums[kind], dtype=torch.float64, device=self.args.device)
-        self._loss_sums[kind] = [0.0, 0, 0.0, 0]
+        self._loss_sums[kind] = self._zero_sums()
         if self.args.world_size > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        means = {}
-        if sums[1] > 0:
-            means["lm_loss"] = round(float(sums[0] / sums[1]), 6)
-        if sums[3] > 0:
-            means["nar_loss"] = round(float(sums[2] / sums[3]), 6)
-        return means
+        return {part: round(float(sums[2 * i] / sums[2 * i + 1]), 6)
+                for i, part in enumerate(LOSS_PARTS) if sums[2 * i + 1] > 0}  # fmt: skip
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (every process logs at the same steps)
@@ -430,7 +452,7 @@ class C3LLMTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
-        self._loss_sums["eval"] = [0.0, 0, 0.0, 0]
+        self._loss_sums["eval"] = self._zero_sums()
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self._pop_means("eval").items()})
         return output
@@ -456,12 +478,12 @@ def _limit(dataset, limit: int | None):
     return dataset if dataset is None or limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
-def _audio_output_only(dataset):
+def _audio_output_only(dataset, stage: int):
     if dataset is None:
         return None
     kept = dataset.filter(lambda task: TASKS[task].output == "audio", input_columns="task")
     if len(kept) == 0:
-        raise ValueError("Stage 2 trains the NAR head on audio targets, but the data has no audio-output examples.")
+        raise ValueError(f"Stage {stage} trains on audio targets, but the data has no audio-output examples.")
     return kept
 
 
@@ -513,7 +535,7 @@ def run_training(
 
     set_seed(training_args.seed)
     model, processor = load_model_and_processor(model_args)
-    nar_loss_weight = model.config.nar_loss_weight
+    loss_weights = {name: getattr(model.config, name) for name in ("nar_loss_weight", "masked_loss_weight")}
     if train_dataset is None:
         model.to(training_args.device)  # the codec and vision-encoder passes of preprocessing run on the accelerator
         reports: dict[str, Any] = {}
@@ -527,9 +549,9 @@ def run_training(
     else:
         train_dataset = _limit(train_dataset, data_args.max_train_examples)
         eval_dataset = _limit(eval_dataset, data_args.max_eval_examples)
-    if model_args.stage == 2:  # the NAR head learns from audio targets only
-        train_dataset, eval_dataset = (_audio_output_only(d) for d in (train_dataset, eval_dataset))
-    if model_args.standardize_features and model_args.stage != 2:  # stage 2 keeps the projectors as they are
+    if model_args.stage in (2, 3):  # the NAR head and the masked decoder learn from audio targets only
+        train_dataset, eval_dataset = (_audio_output_only(d, model_args.stage) for d in (train_dataset, eval_dataset))
+    if model_args.standardize_features and model_args.stage in (0, 1):  # stages 2 and 3 keep the projectors
         standardize_projectors(model, processor, train_dataset, model_args.standardize_examples, training_args.seed)
     set_seed(training_args.seed)  # the same LoRA initialisation whatever preprocessing consumed
     model = prepare_model(model, model_args)
@@ -543,18 +565,20 @@ def run_training(
         eval_dataset=eval_dataset,
         processing_class=processor,
         callbacks=callbacks,
-        objective="nar" if model_args.stage == 2 else "loss",
+        objective=OBJECTIVES[model_args.stage],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = dict(result.metrics)
     for record in trainer.state.log_history:  # the last logged training lm/nar losses
-        metrics.update({f"train_{k}": v for k, v in record.items() if k in ("lm_loss", "nar_loss")})
+        metrics.update({f"train_{k}": v for k, v in record.items() if k in LOSS_PARTS})
     last_eval = next((r for r in reversed(trainer.state.log_history) if "eval_loss" in r), None)
     if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
         metrics.update({k: v for k, v in last_eval.items() if k.startswith("eval_")})  # evaluated at the last step
     elif eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.save_state()
+    for name, weight in loss_weights.items():  # a stage that trained with a loss weight 0 saves the model's own
+        setattr(trainer.accelerator.unwrap_model(trainer.model).config, name, weight)
 
     if model_args.stage == 1:
         trainer.save_model(str(adapter_dir))  # collective under FSDP (gathers the full adapter state)
@@ -565,7 +589,8 @@ def run_training(
             else:
                 merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
                 merged.freeze_encoders()
-            merged.config.nar_loss_weight = nar_loss_weight  # stage 1 trained with weight 0; keep the model's own
+            for name, weight in loss_weights.items():
+                setattr(merged.config, name, weight)
             save_folder(merged, processor, merged_dir)
     elif trainer.is_fsdp_enabled:
         trainer.save_model(str(merged_dir))  # collective: gathers the sharded weights, with processor and code
@@ -596,9 +621,11 @@ def _print_summary(metrics: dict[str, Any], seconds: float) -> None:
 
     print(f"\nC3LLM stage {metrics['stage']} training done in {seconds:.0f} s")
     print(f"  trainable parameters: {metrics['trainable_parameters']:,} of {metrics['total_parameters']:,}")
-    print(f"  train loss {fmt('train_loss')} (last lm {fmt('train_lm_loss')}, nar {fmt('train_nar_loss')})")
+    print(f"  train loss {fmt('train_loss')} (last lm {fmt('train_lm_loss')}, nar {fmt('train_nar_loss')}, masked "
+          f"{fmt('train_masked_loss')})")
     if "eval_loss" in metrics:
-        print(f"  eval loss {fmt('eval_loss')} (lm {fmt('eval_lm_loss')}, nar {fmt('eval_nar_loss')})")
+        print(f"  eval loss {fmt('eval_loss')} (lm {fmt('eval_lm_loss')}, nar {fmt('eval_nar_loss')}, masked "
+              f"{fmt('eval_masked_loss')})")
     if metrics.get("adapter_path"):
         print(f"  adapter: {metrics['adapter_path']}")
     print(f"  model:   {metrics['merged_path']}")
@@ -609,7 +636,8 @@ def build_parser() -> HfArgumentParser:
     return HfArgumentParser(
         (ModelArguments, DataArguments, C3LLMTrainingArguments),
         prog=PROG,
-        description="Train C3LLM: stage 1 (LoRA, acoustic tokens, projectors) or stage 2 (NAR head). Give a YAML/JSON "
+        description="Train C3LLM: stage 1 (LoRA, acoustic tokens, projectors), stage 2 (NAR head) or stage 3 (masked "
+        "decoder). Give a YAML/JSON "
         "config file as the first argument and/or flags (flags override the file).",
     )
 

@@ -296,18 +296,17 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         for name in self._frozen_modules:
             getattr(self, name).requires_grad_(False).eval()
 
-    def add_masked_decoder(self, sizes: C3LLMMaskedDecoderConfig | None = None) -> C3LLMMaskedDecoder:
-        """Gives a model without one a freshly initialised masked decoder (default: the NAR head's sizes) and records
-        it in the config; returns it."""
+    def add_masked_decoder(self, num_layers: int | None = None) -> C3LLMMaskedDecoder:
+        """Gives a model without one a freshly initialised masked decoder with the NAR head's width, heads and MLP
+        and `num_layers` layers (default: the NAR head's), records it in the config and returns it. (Other sizes:
+        set `config.masked_decoder_config` before building the model.)"""
         if self.masked_decoder is not None:
             raise ValueError("This model already has a masked decoder.")
-        if sizes is None:
-            nar = self.config.nar_config
-            sizes = C3LLMMaskedDecoderConfig(
-                hidden_size=nar.hidden_size, num_hidden_layers=nar.num_hidden_layers,
-                num_attention_heads=nar.num_attention_heads, intermediate_size=nar.intermediate_size,
-                dropout=nar.dropout,
-            )  # fmt: skip
+        nar = self.config.nar_config
+        sizes = C3LLMMaskedDecoderConfig(
+            hidden_size=nar.hidden_size, num_hidden_layers=num_layers or nar.num_hidden_layers,
+            num_attention_heads=nar.num_attention_heads, intermediate_size=nar.intermediate_size, dropout=nar.dropout,
+        )  # fmt: skip
         self.config.masked_decoder_config = sizes
         decoder = C3LLMMaskedDecoder(self.config)
         decoder.apply(self._init_weights)
@@ -615,7 +614,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             `-inf`. `generate` sets it for audio outputs, where a large text vocabulary would otherwise make the
             output layer a large share of every step. Not for training (`labels`).
         """
-        train_masked = audio_codes is not None and labels is not None and self.masked_decoder is not None
+        train_masked = (
+            audio_codes is not None and labels is not None and self.masked_decoder is not None
+            and self.config.masked_loss_weight > 0
+        )  # fmt: skip
         if audio_logits_only and labels is not None:
             raise ValueError("audio_logits_only is for generation; compute training losses with the full logits.")
         if (input_ids is None) == (inputs_embeds is None):

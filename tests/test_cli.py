@@ -85,13 +85,14 @@ def image_png(tmp_path_factory):
 
 HELP_FLAGS = {
     "build": ["--tiny", "--llm", "--codec", "--audio-encoder", "--vision-encoder", "--dtype", "--nar-config",
-              "--max-shard-size", "--out", "--seed", "--num-codebooks"],
+              "--max-shard-size", "--out", "--seed", "--num-codebooks", "--masked-decoder-layers"],
     "merge": ["--base", "--adapter", "--out", "--dtype", "--max-shard-size"],
     "push": ["--private", "--revision", "--create-pr", "--message", "--dry-run"],
     "convert": ["--out"],
     "generate": [
         "--model", "--task", "--text", "--audio", "--video", "--image", "--video-features", "--seconds",
-        "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--out",
+        "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--decoding", "--decoding-steps",
+        "--out",
     ],
     "tour": ["--out", "--seconds", "--seed"],
     "demo": ["--out", "--train-clips", "--video-clips", "--neutral-clips", "--test-clips", "--steps", "--batch-size",
@@ -151,6 +152,29 @@ def test_generate_text_to_audio_writes_a_wav_of_the_requested_length(model_dir, 
     summary = result.stdout.strip().splitlines()
     assert len(summary) == 1 and "text-to-audio" in summary[0] and str(out) in summary[0]
     assert f"{seconds:.2f} s" in summary[0]
+
+
+def test_generate_masked_decoding_from_a_model_built_with_a_masked_decoder(tmp_path, stereo_wav, model_dir):
+    built = run_cli("build", "--tiny", "--out", tmp_path / "m", "--masked-decoder-layers", 1)
+    assert built.returncode == 0, built.stderr
+    out = tmp_path / "masked.wav"
+    result = run_cli("generate", "--model", tmp_path / "m", "--task", "text-to-audio", "--text", "a dog barks",
+                     "--decoding", "masked", "--decoding-steps", 3, "--seconds", 0.5, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out, always_2d=True)
+    assert audio.shape[0] == round(0.5 * rate) and np.abs(audio).max() > 0
+    for extra, needle in (
+        (["--decoding-steps", 3], "--decoding-steps applies to --decoding masked"),
+        (["--decoding", "masked", "--decoding-steps", 0], "--decoding-steps"),
+        (["--decoding", "beam"], "invalid choice"),
+    ):
+        assert_usage_error(run_cli("generate", "--model", tmp_path / "m", "--task", "text-to-audio", "--text", "a",
+                                   "--out", tmp_path / "x.wav", *extra), needle)  # fmt: skip
+    assert_usage_error(run_cli("generate", "--model", tmp_path / "m", "--task", "audio-to-text", "--audio", stereo_wav,
+                               "--decoding", "masked", "--out", tmp_path / "x.txt"), "makes text")  # fmt: skip
+    assert_usage_error(run_cli("generate", "--model", model_dir, "--task", "text-to-audio", "--text", "a",
+                               "--decoding", "masked", "--out", tmp_path / "x.wav"), "c3llm train --stage 3")  # fmt: skip
+    assert not (tmp_path / "x.wav").exists()
 
 
 def test_generate_audio_to_text_from_44k1_stereo_wav(model_dir, stereo_wav, tmp_path):

@@ -379,6 +379,66 @@ def test_stage2_trains_only_the_nar_head(stage1, tiny_folder, data_files, tmp_pa
     assert not list(Path(metrics["merged_path"]).glob("*.bin"))
 
 
+# ---- stage 3: the masked decoder ----------------------------------------------------------------------------------
+def test_stage3_adds_and_trains_only_the_masked_decoder(tiny_folder, data_files, tmp_path):
+    snapshot = Snapshot()
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=3, masked_decoder_layers=1)
+    metrics = run_training(model_args, DataArguments(), train_args(tmp_path, max_steps=4, learning_rate=3e-3),
+                           train_dataset=mixed_dataset(data_files), callbacks=[snapshot])  # fmt: skip
+    decoder = {n for n in snapshot.before if n.startswith("masked_decoder.")}
+    assert decoder and snapshot.trainable == decoder
+    assert snapshot.changed() == decoder
+    history = [r for r in log_history(tmp_path) if "loss" in r]
+    assert history and all(r["loss"] == pytest.approx(r["masked_loss"], abs=1e-4) for r in history)
+    saved = C3LLMForConditionalGeneration.from_pretrained(metrics["merged_path"]).eval()
+    assert saved.config.masked_decoder_config.num_hidden_layers == 1
+    assert all(torch.equal(saved.state_dict()[n], snapshot.after[n]) for n in snapshot.after)
+    processor = AutoProcessor.from_pretrained(metrics["merged_path"])
+    out = saved.generate(**processor(text=["a bell"], task="text-to-audio"), decoding="masked", audio_length_in_s=0.1)
+    assert out.audio_codes.min() >= 0
+
+
+def test_stage1_trains_the_masked_decoder_with_lora_and_stage2_keeps_its_loss_weight(data_files, tmp_path):
+    from conversion.build_c3llm import build_tiny
+
+    build_tiny(tmp_path / "base", seed=0, masked_num_layers=1)
+    snapshot = Snapshot()
+    model_args = ModelArguments(model_name_or_path=str(tmp_path / "base"), stage=1, lora_r=4, lora_alpha=8)
+    metrics = run_training(model_args, DataArguments(), train_args(tmp_path / "s1", max_steps=3),
+                           train_dataset=mixed_dataset(data_files), callbacks=[snapshot])  # fmt: skip
+    decoder = {n for n in snapshot.changed() if "masked_decoder" in n}
+    assert decoder and all("modules_to_save" in n for n in decoder)
+    assert all(r["masked_loss"] > 0 for r in log_history(tmp_path / "s1") if "loss" in r)
+    merged = C3LLMForConditionalGeneration.from_pretrained(metrics["merged_path"])
+    trained = {n.replace("base_model.model.", "").replace("modules_to_save.default.", ""): snapshot.after[n]
+               for n in decoder}  # fmt: skip
+    assert all(torch.equal(merged.state_dict()[n], value) for n, value in trained.items())
+
+    stage2 = run_training(ModelArguments(model_name_or_path=metrics["merged_path"], stage=2), DataArguments(),
+                          train_args(tmp_path / "s2", max_steps=1), train_dataset=mixed_dataset(data_files))  # fmt: skip
+    assert all("masked_loss" not in r for r in log_history(tmp_path / "s2"))  # stage 2 skips the masked loss ...
+    assert C3LLMForConditionalGeneration.from_pretrained(stage2["merged_path"]).config.masked_loss_weight == 1.0
+
+
+def test_stage3_resumes_like_an_uninterrupted_run(tiny_folder, tmp_path):
+    dataset = text_video_dataset(4)
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=3, masked_decoder_layers=1)
+    common = dict(max_steps=4, per_device_train_batch_size=2, save_strategy="steps", save_steps=2, learning_rate=5e-3)
+    run_training(model_args, DataArguments(), train_args(tmp_path / "full", **common), train_dataset=dataset)
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    run_training(model_args, DataArguments(),
+                 train_args(tmp_path / "resumed", resume_from_checkpoint=str(checkpoint), **common),
+                 train_dataset=dataset)  # fmt: skip
+    full = load_file(tmp_path / "full" / "merged" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "merged" / "model.safetensors")
+    names = [n for n in full if n.startswith("masked_decoder.")]
+    assert names and full.keys() == resumed.keys()
+    for name in names:
+        assert torch.allclose(full[name], resumed[name], atol=1e-6, rtol=0), name
+    losses = lambda run: [r["masked_loss"] for r in log_history(tmp_path / run) if "loss" in r]  # noqa: E731
+    assert len(losses("full")) == 4 and losses("resumed") == losses("full")
+
+
 # ---- resume -------------------------------------------------------------------------------------------------------
 def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_folder, tmp_path):
     dataset = text_video_dataset(4)
