@@ -42,6 +42,7 @@ TASK_SHARES = {
 }  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
+AUDIO_TASKS = tuple(task for task, row in TASKS.items() if row.output == "audio")
 MIN_CLIPS = {"train_clips": 4, "video_clips": 2, "neutral_clips": 2, "test_clips": 2}
 
 
@@ -68,6 +69,10 @@ class DemoSettings:
     layers: int = 4
     intermediate_size: int = 256
     nar_layers: int = 2
+    # The masked decoder (`decoding="masked"`): the LLM's width, heads and MLP and half its layers, trained jointly;
+    # its audio is evaluated beside the autoregressive audio at each of `masked_steps` decoding steps.
+    masked_layers: int = 2
+    masked_steps: tuple[int, ...] = (16,)
     seed: int = 0
     workers: int = 2  # processes writing and preprocessing the data
     codec_dir: str = str(CODEC_DIR)
@@ -78,6 +83,8 @@ class DemoSettings:
             if getattr(self, name) < least:
                 why = " (the mismatched-video measure pairs each clip with another)" if name == "test_clips" else ""
                 raise ValueError(f"--{name.replace('_', '-')} must be at least {least}{why}, got {getattr(self, name)}.")
+        if not self.masked_steps or min(self.masked_steps) < 1 or self.masked_layers < 1:
+            raise ValueError("--masked-steps must list positive step counts and --masked-layers must be positive.")
         for name in ("max_steps", "batch_size", "workers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-').replace('max-', '')} must be positive.")
@@ -99,7 +106,8 @@ def demo_model(settings: DemoSettings):
     model, processor = build_tiny(
         seed=settings.seed, num_codebooks=min(2, codec.config.num_quantizers), words=CAPTION_WORDS,
         hidden_size=settings.hidden_size, num_layers=settings.layers, num_heads=4,
-        intermediate_size=settings.intermediate_size, nar_num_layers=settings.nar_layers, max_position_embeddings=512,
+        intermediate_size=settings.intermediate_size, nar_num_layers=settings.nar_layers,
+        masked_num_layers=settings.masked_layers, max_position_embeddings=512,
         codec_config=codec.config.to_dict(),
         video_fps=10.0, video_num_frames=round(10 * settings.clip_seconds), max_audio_seconds=settings.clip_seconds,
     )  # fmt: skip
@@ -183,10 +191,13 @@ def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
 
 
 def evaluate(model, processor, data_dir: Path, audio_dir: Path | None, settings: DemoSettings,
-             split: str = "test") -> dict[str, Any]:  # fmt: skip
-    """Every task on the held-out clips through `c3llm eval` (`run_eval`), with the sampling the model ships."""
+             split: str = "test", masked_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every task on the held-out clips through `c3llm eval` (`run_eval`), with the sampling the model ships; with
+    `masked_steps`, the audio tasks only, decoded by the masked decoder in that many steps."""
+    masked = {} if masked_steps is None else {"decoding": "masked", "decoding_steps": masked_steps, "tasks": AUDIO_TASKS}
     eval_settings = EvalSettings(dataset="synthfoley", data_dir=str(data_dir), split=split, batch_size=20,
-                                 seed=settings.seed, audio_dir=None if audio_dir is None else str(audio_dir))  # fmt: skip
+                                 seed=settings.seed, audio_dir=None if audio_dir is None else str(audio_dir),
+                                 **masked)  # fmt: skip
     return run_eval(model, processor, eval_settings)
 
 
@@ -224,10 +235,16 @@ def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, p
     plt.close(fig)
 
 
-def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Path, sampling_rate: int,
-                 timing: dict[str, float]) -> dict[str, Any]:  # fmt: skip
-    """Writes `out/report`: metrics.json (every measure with its 95% interval, phase times, losses), details.json
-    (per-clip records), results.md, captions.txt, loss_curve.png and spectrograms.png; returns the metrics."""
+def _task_figures(results: dict[str, Any]) -> dict[str, Any]:
+    return {task: {"clips": e["clips"], "scores": e["scores"], "intervals": e.get("intervals", {})}
+            for task, e in results["tasks"].items()}  # fmt: skip
+
+
+def write_report(results: dict[str, Any], masked: dict[int, dict[str, Any]], train_metrics: dict[str, Any], out: Path,
+                 sampling_rate: int, timing: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """Writes `out/report`: metrics.json (every measure with its 95% interval, for autoregressive and, under
+    `masked_decoding`, masked decoding at each step count; phase times, losses), details.json (per-clip records),
+    results.md, captions.txt, loss_curve.png and spectrograms.png; returns the metrics."""
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     state = json.loads((out / "training" / "trainer_state.json").read_text())
@@ -244,15 +261,20 @@ def write_report(results: dict[str, Any], train_metrics: dict[str, Any], out: Pa
                             f"{', '.join(r['detected_classes']) or 'nothing'}", load_audio(r["wav"], sampling_rate)))
     plot_spectrograms(samples, sampling_rate, report / "spectrograms.png")
     metrics = {
-        "tasks": {task: {"clips": e["clips"], "scores": e["scores"], "intervals": e.get("intervals", {})}
-                  for task, e in tasks.items()},
+        "tasks": _task_figures(results),
+        "masked_decoding": {str(steps): {"decoding_steps": steps, "tasks": _task_figures(r)} for steps, r in masked.items()},
         "test_clips": min(e["clips"] for e in tasks.values()),
         "timing_s": timing,
         **{key: train_metrics.get(key) for key in ("train_loss", "train_lm_loss", "train_nar_loss", "train_masked_loss")},
     }  # fmt: skip
     write_text(report / "metrics.json", json.dumps(metrics, indent=2))
-    write_text(report / "details.json", json.dumps({task: e["records"] for task, e in tasks.items()}, indent=2))
-    write_text(report / "results.md", markdown_tables(results, label="c3llm demo"))
+    details = {task: e["records"] for task, e in tasks.items()}
+    details.update({f"{task} (masked, {steps} steps)": e["records"]
+                    for steps, r in masked.items() for task, e in r["tasks"].items()})  # fmt: skip
+    write_text(report / "details.json", json.dumps(details, indent=2))
+    tables = [markdown_tables(results, label="c3llm demo, autoregressive")]
+    tables += [markdown_tables(r, label=f"c3llm demo, masked decoding in {steps} steps") for steps, r in masked.items()]
+    write_text(report / "results.md", "\n".join(tables))
     return metrics
 
 
@@ -286,25 +308,36 @@ def _figure(entry: dict[str, Any], key: str, interval: bool = True) -> str:
     return text + (f" [{form.format(low_high[0])}-{form.format(low_high[1])}]" if low_high else "")
 
 
+def _summary_rows(tasks: dict[str, Any]) -> list[str]:
+    lines = []
+    for task, entry in tasks.items():
+        lenient = "lenient_class_set" if TASKS[task].output == "text" else "lenient_classes_present"
+        lines.append(f"  {task:<20} {_figure(entry, 'class_sequence_exact'):<22} "
+                     f"{_figure(entry, 'class_set_same', False):<9} {_figure(entry, 'onset_f1'):<18} "
+                     f"{_figure(entry, 'onset_f1_mismatched', False):<11} {_figure(entry, lenient, False)}")
+    return lines
+
+
 def summary(metrics: dict[str, Any], results: dict[str, Any], out: Path) -> str:
-    """The lines printed at the end of the demo: phase times, each task's strict figures, the commands to try."""
+    """The lines printed at the end of the demo: phase times, each task's strict figures (autoregressive, then masked
+    decoding at each step count), the commands to try."""
     timing = metrics["timing_s"]
     phases = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in timing.items() if name != "total")
     lines = [f"\nC3LLM demo finished in {timing['total'] / 60:.1f} min ({phases} min); load average "
              f"{os.getloadavg()[1]:.1f} over the last 5 min",
              f"{metrics['test_clips']} held-out clips per task, strict measures with 95% intervals:",
              f"  {'task':<20} {'exact class sequence':<22} {'same set':<9} {'onset F1':<18} {'mismatched':<11} lenient"]
-    for task, entry in results["tasks"].items():
-        lenient = "lenient_class_set" if TASKS[task].output == "text" else "lenient_classes_present"
-        lines.append(f"  {task:<20} {_figure(entry, 'class_sequence_exact'):<22} "
-                     f"{_figure(entry, 'class_set_same', False):<9} {_figure(entry, 'onset_f1'):<18} "
-                     f"{_figure(entry, 'onset_f1_mismatched', False):<11} {_figure(entry, lenient, False)}")
+    lines += _summary_rows(results["tasks"])
+    for steps, entry in metrics["masked_decoding"].items():
+        lines += [f"  the audio tasks with masked decoding in {steps} steps:", *_summary_rows(entry["tasks"])]
     model = out / "model"
     lines += ["  (onset F1: onsets matched one to one within 0.1 s; mismatched: the same audio against another clip's "
               "video; lenient: the first, looser measure, i.e. the same class set for captions, the requested classes "
               "among the detected for audio; details in report/metrics.json and report/details.json)",
               f"The trained model is {model} (its card holds these results). Try it:",
               f'  c3llm generate --model {model} --task text-to-audio --text "a chirp, then a low beep" --out chirp.wav',
+              f'  c3llm generate --model {model} --task text-to-audio --text "a chirp, then a low beep" --decoding masked '
+              f"--decoding-steps 16 --out chirp-masked.wav",
               f"  c3llm eval --model {model} --dataset synthfoley --data-dir {out / 'data'} --out {out / 'eval'}",
               f"  c3llm push {model} your-name/c3llm-synthfoley --dry-run"]  # fmt: skip
     return "\n".join(lines)
@@ -335,13 +368,16 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> di
     with phase("evaluation", timing):
         ship_generation_defaults(trained_dir, settings)
         trained = AutoModel.from_pretrained(trained_dir).eval()
-        results = evaluate(trained, AutoProcessor.from_pretrained(trained_dir), out / "data", out / "report" / "audio",
-                           settings)
+        processor = AutoProcessor.from_pretrained(trained_dir)
+        results = evaluate(trained, processor, out / "data", out / "report" / "audio", settings)
+    with phase("masked evaluation", timing):
+        masked = {steps: evaluate(trained, processor, out / "data", out / "report" / f"audio_masked_{steps}", settings,
+                                  masked_steps=steps) for steps in settings.masked_steps}  # fmt: skip
     with phase("report", timing):
         update_model_index(trained_dir / "README.md", model_index_results(results))
         os.replace(trained_dir, out / "model")  # one rename: the folder is complete or absent
         timing["total"] = round(time.perf_counter() - started, 1)
-        metrics = write_report(results, train_metrics, out, trained.config.sampling_rate, timing)
+        metrics = write_report(results, masked, train_metrics, out, trained.config.sampling_rate, timing)
     metrics["timing_s"]["total"] = timing["total"] = round(time.perf_counter() - started, 1)
     write_text(out / "report" / "metrics.json", json.dumps({**metrics, "settings": asdict(settings)}, indent=2))
     print(summary(metrics, results, out))
@@ -351,10 +387,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None) -> di
 DEMO_EPILOG = """examples:
   c3llm demo --out outputs/demo
   c3llm demo --out outputs/demo --steps 200 --train-clips 120 --video-clips 60 --neutral-clips 30   # quicker, weaker
+  c3llm demo --out outputs/demo --masked-steps 16 8 32      # masked decoding evaluated at three step counts
 
 Layout: DIR/data (SynthFoley: audiocaps/, vggsound/ with images, neutral/), DIR/model (the trained model: a complete,
 push-ready folder whose card holds the demo's results), DIR/training (the initial model and the Trainer's state),
-DIR/report (audio/{task}/*.wav, spectrograms.png, loss_curve.png, captions.txt, results.md, metrics.json,
+DIR/report (audio/{task}/*.wav, audio_masked_{steps}/{task}/*.wav, spectrograms.png, loss_curve.png, captions.txt, results.md, metrics.json,
 details.json). Running it again reuses DIR/data when it is complete and was written with the same clip counts and
 seed (else it is written anew) and replaces the rest.
 """
@@ -392,6 +429,11 @@ def add_demo_parser(commands, formatter_class) -> None:
     demo.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale, metavar="F",
                       help="classifier-free guidance of the evaluated audio generation (1: none); shipped in the "
                       "model's generation_config.json")
+    demo.add_argument("--masked-layers", type=int, default=defaults.masked_layers, metavar="N",
+                      help="layers of the masked decoder (`decoding=\"masked\"`), trained with the rest")
+    demo.add_argument("--masked-steps", type=int, nargs="+", default=list(defaults.masked_steps), metavar="N",
+                      help="evaluate the audio tasks with masked decoding at each of these step counts too (each adds "
+                      "about 15 s to the run; the report times the phase)")
     demo.add_argument("--workers", type=int, default=defaults.workers, metavar="N",
                       help="processes that write and preprocess the data")
     demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data, the weights and the sampling")
@@ -448,7 +490,7 @@ def cmd_demo(args, parser) -> int:
         train_clips=args.train_clips, video_clips=args.video_clips, neutral_clips=args.neutral_clips,
         test_clips=args.test_clips, max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         condition_dropout=args.condition_dropout, guidance_scale=args.guidance_scale, workers=args.workers,
-        seed=args.seed, codec_dir=args.codec,
+        seed=args.seed, codec_dir=args.codec, masked_layers=args.masked_layers, masked_steps=tuple(args.masked_steps),
     )  # fmt: skip
     try:
         settings.check()

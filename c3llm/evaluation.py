@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from c3llm.data.datasets import _load_source_audio
 from conversion.model_card import update_model_index
+from modeling_c3llm.generation_c3llm import DECODINGS
 from processing_c3llm.media_c3llm import write_text, write_wav
 from processing_c3llm.processing_c3llm import TASKS
 
@@ -58,6 +59,8 @@ class EvalSettings:
     do_sample: bool | None = None
     top_k: int | None = None
     guidance_scale: float | None = None  # classifier-free guidance of audio outputs
+    decoding: str | None = None  # audio outputs: "autoregressive" or "masked"
+    decoding_steps: int | None = None  # iterations of masked decoding
     seed: int = 0
     audio_dir: str | None = None  # where to write the generated audio as {task}/{id}.wav
     embedding: str = "vggish"
@@ -99,7 +102,8 @@ def generate_outputs(model, processor, task: str, rows: list[dict], settings: Ev
     `settings.batch_size`; each row gives the inputs of `task` from its columns (`example_inputs`)."""
     outputs: list[Any] = []
     text = TASKS[task].output == "text"
-    names = ("do_sample", "top_k", "max_new_tokens") if text else ("do_sample", "top_k", "guidance_scale")
+    names = ("do_sample", "top_k", "max_new_tokens") if text else ("do_sample", "top_k", "guidance_scale", "decoding",
+                                                                   "decoding_steps")
     sampling = {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
     if not text and settings.seconds is not None:
         sampling["audio_length_in_s"] = settings.seconds
@@ -320,6 +324,8 @@ EVAL_EPILOG = """examples:
   c3llm eval --model models/tiny --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval
   c3llm eval --model runs/s2/merged --dataset audiocaps --data-dir data/audiocaps --out eval/audiocaps \\
       --embedding-model ckpt/vggish-10086976.pth --classifier ckpt/Cnn14_mAP=0.431.pth --clap-model ckpt/clap
+  c3llm eval --model outputs/demo/model --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval-masked \
+      --tasks text-to-audio video-to-audio --decoding masked --decoding-steps 8
   c3llm eval --model runs/s2/merged --dataset clotho --data-dir data/clotho --split evaluation --out eval/clotho \\
       --corenlp ckpt/corenlp-3.6.0 --model-card runs/s2/merged/README.md
 
@@ -355,6 +361,11 @@ def add_eval_parser(commands, formatter_class) -> None:
                    "generation config)")
     p.add_argument("--guidance-scale", type=float, metavar="F", help="classifier-free guidance of the audio outputs "
                    "(default: the model's generation config, else none)")
+    p.add_argument("--decoding", choices=DECODINGS, help="how the audio outputs are decoded: 'autoregressive' (the LLM, "
+                   "the paper's) or 'masked' (the masked decoder; needs a model with one); default: the model's "
+                   "generation config")
+    p.add_argument("--decoding-steps", type=int, metavar="N", help="iterations of --decoding masked (default: the "
+                   "model's generation config, 16)")
     p.add_argument("--save-audio", metavar="DIR", help="also write the generated audio as DIR/{task}/{clip id}.wav")
     p.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed")
     m = p.add_argument_group("metric models (local folders, checkpoint files or Hub ids; nothing is downloaded)")
@@ -375,16 +386,20 @@ def add_eval_parser(commands, formatter_class) -> None:
 
 def cmd_eval(args, parser) -> int:
 
-    for flag in ("max_clips", "batch_size", "max_new_tokens", "inception_splits", "top_k", "guidance_scale"):
+    for flag in ("max_clips", "batch_size", "max_new_tokens", "inception_splits", "top_k", "guidance_scale",
+                 "decoding_steps"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive")
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.decoding_steps is not None and args.decoding != "masked":
+        parser.error("--decoding-steps applies to --decoding masked; add --decoding masked")
     settings = EvalSettings(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split, tasks=tuple(args.tasks) if args.tasks else None,
         max_clips=args.max_clips, batch_size=args.batch_size, seconds=args.seconds, max_new_tokens=args.max_new_tokens,
         do_sample=False if args.greedy else None, top_k=args.top_k, guidance_scale=args.guidance_scale, seed=args.seed,
+        decoding=args.decoding, decoding_steps=args.decoding_steps,
         embedding=args.embedding, embedding_model=args.embedding_model, classifier=args.classifier, clap_model=args.clap_model, inception_splits=args.inception_splits,
         caption_metrics=tuple(args.caption_metrics), java=args.java, corenlp=args.corenlp, device=args.device,
         audio_dir=args.save_audio,

@@ -96,10 +96,12 @@ HELP_FLAGS = {
     ],
     "tour": ["--out", "--seconds", "--seed"],
     "demo": ["--out", "--train-clips", "--video-clips", "--neutral-clips", "--test-clips", "--steps", "--batch-size",
-             "--learning-rate", "--condition-dropout", "--guidance-scale", "--workers", "--seed", "--codec"],
+             "--learning-rate", "--condition-dropout", "--guidance-scale", "--masked-layers", "--masked-steps",
+             "--workers", "--seed", "--codec"],
     "synthfoley": ["--out", "--train", "--test", "--video-train", "--neutral-train", "--seed", "--workers"],
     "eval": ["--model", "--dataset", "--data-dir", "--split", "--tasks", "--out", "--max-clips", "--batch-size",
-             "--seconds", "--max-new-tokens", "--greedy", "--top-k", "--guidance-scale", "--save-audio", "--seed",
+             "--seconds", "--max-new-tokens", "--greedy", "--top-k", "--guidance-scale", "--decoding", "--decoding-steps",
+             "--save-audio", "--seed",
              "--model-card"],
 }  # fmt: skip
 

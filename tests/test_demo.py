@@ -27,7 +27,8 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         (out / leftover).write_text("{half")
     result = subprocess.run(
         [sys.executable, "-m", "c3llm.cli", "demo", "--out", str(out), "--train-clips", "12", "--video-clips", "8",
-         "--neutral-clips", "6", "--test-clips", "4", "--steps", "8", "--batch-size", "4", "--workers", "1"],
+         "--neutral-clips", "6", "--test-clips", "4", "--steps", "8", "--batch-size", "4", "--workers", "1",
+         "--masked-steps", "4", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,9 +43,17 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         if "video" in TASKS[task].inputs and TASKS[task].output == "audio":
             assert {"onset_f1", "onset_f1_mismatched", "onset_precision", "onset_recall", "onset_accuracy",
                     "onset_ap"} <= set(scores)  # fmt: skip
-    assert set(metrics["timing_s"]) == {"data", "preprocessing", "training", "evaluation", "report", "total"}
+    audio_tasks = {task for task, row in TASKS.items() if row.output == "audio"}
+    assert set(metrics["masked_decoding"]) == {"4", "1"}  # the audio tasks again, decoded by the masked decoder
+    for steps, entry in metrics["masked_decoding"].items():
+        assert entry["decoding_steps"] == int(steps) and set(entry["tasks"]) == audio_tasks
+        assert 0.0 <= entry["tasks"]["text-to-audio"]["scores"]["class_sequence_exact"] <= 1.0
+        assert "onset_f1" in entry["tasks"]["video-to-audio"]["scores"]
+    assert "train_masked_loss" in metrics  # (none logged in 8 steps: the demo logs every 10)
+    assert set(metrics["timing_s"]) == {"data", "preprocessing", "training", "evaluation", "masked evaluation",
+                                        "report", "total"}  # fmt: skip
     details = json.loads((report / "details.json").read_text())
-    for task in TASKS:
+    for task in [*TASKS, *(f"{task} (masked, 4 steps)" for task in audio_tasks)]:
         assert len(details[task]) == 4
         for record in details[task]:
             assert record["reference_classes"] and ("generated" in record or "detected_classes" in record)
@@ -68,7 +77,9 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         "do_sample": True, "top_k": 20, "guidance_scale": 2.0, "audio_length_in_s": 2.0,
         "text_defaults": {"do_sample": False, "max_new_tokens": 24},
     }  # fmt: skip
-    assert "C3LLM demo finished" in result.stdout
+    assert "C3LLM demo finished" in result.stdout and "masked decoding in 4 steps" in result.stdout
+    assert (model / "model.safetensors").is_file() and json.loads((model / "config.json").read_text())[
+        "masked_decoder_config"]["num_hidden_layers"] == 2  # fmt: skip
     for command in (f"c3llm generate --model {model}", f"c3llm eval --model {model}", f"c3llm push {model}"):
         assert command in result.stdout
     assert main(["push", str(model), "someone/c3llm-demo", "--dry-run"]) == 0
