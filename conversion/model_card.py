@@ -116,6 +116,7 @@ def render_model_card(
         bandwidth=f"{num_codebooks * frame_rate * 10 / 1000:g}",
         transformers_version=transformers.__version__,
         tasks=[{"name": name, "description": text, "code": code} for name, text, code in TASK_EXAMPLES],
+        masked_layers=getattr(getattr(config, "masked_decoder_config", None), "num_hidden_layers", None),
         evaluation=evaluation,
     )
 

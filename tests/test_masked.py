@@ -260,3 +260,18 @@ def test_masked_decoding_of_a_text_task_or_without_a_decoder_is_an_error(sharp, 
     plain, plain_processor = tiny
     with pytest.raises(ValueError, match="c3llm train --stage 3"):
         plain.generate(**plain_processor(text=["a beep"], task="text-to-audio"), decoding="masked")
+
+
+def test_model_card_documents_masked_decoding_and_its_example_runs():
+    import re
+
+    from conversion.model_card import render_model_card
+
+    model, processor = build_tiny(seed=0, masked_num_layers=1)
+    card = render_model_card(model.config).text
+    block = next(b for b in re.findall(r"```python\n(.*?)```", card, flags=re.DOTALL) if 'decoding="masked"' in b)
+    scope = {"model": model.eval(), "processor": processor}
+    exec(block.replace("audio_length_in_s=2.0", "audio_length_in_s=0.2"), scope)
+    assert scope["out"].audio_codes.shape == (1, model.config.num_codebooks, math.ceil(0.2 * model.config.frame_rate))
+    assert "This model has a masked decoder (1 transformer layers)" in card
+    assert "c3llm train --stage 3" in render_model_card(build_tiny(seed=0)[0].config).text

@@ -666,6 +666,8 @@ def test_recipes_parse_and_flags_override(tmp_path):
     assert (args.max_steps, model_args.lora_r, args.output_dir) == (7, 4, str(tmp_path))
     model_args, _, _ = parse_args([str(RECIPES / "stage2.yaml")])
     assert model_args.stage == 2
+    model_args, data_args, _ = parse_args([str(RECIPES / "stage3.yaml")])
+    assert (model_args.stage, model_args.masked_decoder_layers, data_args.tasks) == (3, 12, ["text-to-audio"])
     (tmp_path / "c.yaml").write_text("model_name_or_path: m\nlearning_rate: 1e-4\ntasks: [text-to-audio]\n")
     model_args, data_args, args = parse_args([str(tmp_path / "c.yaml")])
     assert args.learning_rate == 1e-4 and data_args.tasks == ["text-to-audio"]  # YAML's "1e-4" string converted
