@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Benchmark C3LLM text-to-audio generation against a bare Gemma causal LM of the same size.
+"""Benchmark C3LLM text-to-audio generation, autoregressive and masked, against a bare Gemma and MusicGen.
 
 What is compared
 ----------------
+Part 1, autoregressive decoding (the paper's), at ``--tokens`` coarse tokens (2 s of audio by default):
+
 * ours: ``C3LLMForConditionalGeneration.generate`` on a text-to-audio prompt (ends with ``<Audio>``), asking for
   ``--tokens`` coarse acoustic tokens (``audio_length_in_s = tokens / frame_rate``), sampling with top-k 50. The call
   includes the LLM stage (prompt embedding, constrained sampling of the coarse codes) and the NAR + codec stage
@@ -15,12 +17,38 @@ What is compared
 * musicgen: transformers' ``MusicgenForConditionalGeneration`` at equal size: its decoder has the backbone's hidden
   size, layers, heads and MLP width and ours' number of codebooks (1024 codes each, one head per codebook, delay
   pattern), a 2-layer T5 text encoder and ours' EnCodec as audio encoder; text prompt of the same length, no
-  classifier-free guidance, the same number of audio frames, decoded to a waveform. The ratio says what one LLM with
-  an extended text vocabulary (C3LLM) costs against a dedicated audio decoder with small per-codebook heads.
+  classifier-free guidance, the same number of audio frames (``--tokens``), decoded to a waveform. The ratio says what
+  one LLM with an extended text vocabulary (C3LLM) costs against a dedicated audio decoder with small per-codebook
+  heads.
 
-Runs are interleaved (ours, NAR/codec, bare, then bare, ours, NAR/codec, ...) in one process after one warm-up each; the median over
-``--repeats`` is reported. Peak memory (peak RSS, ``ru_maxrss``) is measured in fresh subprocesses, one per side,
-because tracemalloc does not see the allocations torch makes in C++.
+Part 2, masked decoding (``generate(decoding="masked", decoding_steps=N)``), for each of ``--audio-seconds`` (2 and
+10 s), ``--decoding-steps`` (8, 16, 32) and ``--batch-sizes`` (1, 4): one LLM prefill of the prompt, N parallel
+passes of the masked decoder over codebook 1 of every frame (75 frames per second of audio), one pass per finer
+codebook, EnCodec decoding.
+
+* The masked decoder is sized as in our demo: the LLM's hidden size, heads and MLP width and half its layers
+  (``--masked-layers``; with the default backbone 512 wide, 4 layers, 8 heads, MLP 2048).
+* musicgen (masked size): a second MusicGen whose decoder has the masked decoder's own layers, width, heads and MLP
+  width (the same T5, codebooks and EnCodec config as above). Real MusicGen runs at 50 frames per second (32 kHz
+  EnCodec), so for S seconds of audio it generates ``50 * S`` frames (``--musicgen-frame-rate``), its real workload;
+  our codec config (hop 320) turns them into ``50 * S * 320`` samples, which the sanity check expects.
+  ``ratio_masked_over_musicgen_per_audio_second`` = (masked seconds per audio second) / (MusicGen seconds per audio
+  second). Both sides sample with ``do_sample=True, top_k=50`` and no guidance (MusicGen ``guidance_scale=1.0``).
+* AR/bare rows stay at ``--tokens`` (2 s): at 10 s and batch 4 the autoregressive rows alone would take several more
+  minutes on 2 cores; the masked rows at the same length and batch also give masked/AR.
+
+Also measured: parameter counts of every side; multiply-adds per second of audio of each mode at batch 1, counted
+with ``torch.utils.flop_counter.FlopCounterMode`` on one call (MACs = FLOPs / 2; the CPU flash-attention and
+mkldnn LSTM kernels are added to its registry); where the masked mode's time goes at the longest length, batch 1,
+``--profile-steps`` steps (prefill, codebook-1 decoder passes, their sampling and re-masking, the finer-codebook
+pass, EnCodec decoding, timed around ``prompt_states``/``masked_decoder``/``decode_audio``; and the top operators of
+a ``torch.profiler`` run); and a projection onto one H100 SXM (989 TFLOP/s dense bf16, 3.35 TB/s) from the FLOPs,
+bytes and kernels recorded per pass (see ``project_h100``).
+
+Runs are interleaved (ours, NAR/codec, bare, then bare, ours, NAR/codec, ...; masked at each step count and
+MusicGen, order reversed every other repeat) in one process after one warm-up each; the median over ``--repeats`` is
+reported. Peak memory (peak RSS, ``ru_maxrss``) is measured in fresh subprocesses, one per side, because tracemalloc
+does not see the allocations torch makes in C++.
 
 Run from anywhere: ``python benchmarks/bench_generate.py --help``.
 """
@@ -28,7 +56,9 @@ Run from anywhere: ``python benchmarks/bench_generate.py --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -42,6 +72,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
+import torch.utils._pytree as pytree  # noqa: E402
+from torch.utils import flop_counter  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from transformers import (  # noqa: E402
     EncodecConfig,
     GemmaForCausalLM,
@@ -51,7 +84,7 @@ from transformers import (  # noqa: E402
     T5Config,
 )
 
-from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration  # noqa: E402
+from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration, C3LLMMaskedDecoderConfig  # noqa: E402
 
 from common import (  # noqa: E402
     add_backbone_arguments,
@@ -79,9 +112,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Times C3LLM text-to-audio generation (full call, NAR+codec stage, LLM stage) against a bare "
-            "GemmaForCausalLM of the same size and weights and against transformers' MusicGen at equal decoder size, "
-            "and measures the peak RSS of each side in a fresh "
-            "subprocess. Prints a table and a final JSON line starting with {\"benchmark\": \"generate\"."
+            "GemmaForCausalLM of the same size and weights and against transformers' MusicGen at equal decoder size; "
+            "times masked decoding (decoding='masked') at each --decoding-steps, --audio-seconds and batch size "
+            "against a MusicGen of the masked decoder's size generating 50 frames per audio second; counts "
+            "parameters and multiply-adds per audio second, profiles the masked mode, projects both onto one H100; "
+            "measures the peak RSS of each AR side in a fresh subprocess. Prints tables and a final JSON line "
+            "starting with {\"benchmark\": \"generate\"."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -111,6 +147,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument(
         "--no-memory", action="store_true", help="Skip the peak-RSS subprocesses (timings and parameter counts only)."
     )
+    masked = parser.add_argument_group("masked decoding (part 2) and its MusicGen at the masked decoder's size")
+    masked.add_argument(
+        "--audio-seconds",
+        type=str,
+        default="2,10",
+        help="Comma-separated audio lengths in seconds for the masked and masked-size MusicGen rows; the longest is "
+        "also the length of the profile and of the H100 projection.",
+    )
+    masked.add_argument(
+        "--decoding-steps",
+        type=str,
+        default="8,16,32",
+        help="Comma-separated decoding_steps (passes over codebook 1) of the masked rows.",
+    )
+    masked.add_argument(
+        "--masked-layers",
+        type=int,
+        default=None,
+        help="Layers of the masked decoder (default: half of --layers, at least 1, the demo's rule); it always has "
+        "the backbone's hidden size, heads and MLP width, and so has the masked-size MusicGen's decoder.",
+    )
+    masked.add_argument(
+        "--musicgen-frame-rate",
+        type=int,
+        default=50,
+        help="Frames the masked-size MusicGen generates per second of audio (real MusicGen: 50; ours: 75).",
+    )
+    masked.add_argument(
+        "--profile-steps",
+        type=int,
+        default=16,
+        help="decoding_steps of the masked profile (batch 1, longest --audio-seconds).",
+    )
+    masked.add_argument(
+        "--profile-top", type=int, default=12, help="Operators listed in the profile's top-operator table."
+    )
+    h100 = parser.add_argument_group("H100 projection (from FLOPs and bytes per pass; nothing runs on a GPU)")
+    h100.add_argument("--peak-tflops", type=float, default=989.0, help="Dense bf16 peak of one H100 SXM in TFLOP/s.")
+    h100.add_argument("--bandwidth-tbs", type=float, default=3.35, help="HBM bandwidth of one H100 SXM in TB/s.")
+    h100.add_argument(
+        "--flops-utilization",
+        type=float,
+        default=0.5,
+        help="Share of --peak-tflops the matmuls reach in the 'realistic' projection (the 'roofline' one uses 1).",
+    )
+    h100.add_argument(
+        "--bandwidth-utilization",
+        type=float,
+        default=0.8,
+        help="Share of --bandwidth-tbs reached in the 'realistic' projection (the 'roofline' one uses 1).",
+    )
+    h100.add_argument(
+        "--launch-us",
+        type=float,
+        default=5.0,
+        help="Per-kernel launch overhead in microseconds added in the 'realistic' projection (no CUDA graphs, no "
+        "overlap; the 'roofline' one adds none).",
+    )
     run.add_argument(
         "--json-out",
         type=Path,
@@ -122,12 +216,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+        args.decoding_steps = [int(n) for n in str(args.decoding_steps).split(",") if n.strip()]
     except ValueError:
-        parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+        parser.error("--batch-sizes and --decoding-steps must be comma-separated integers")
+    try:
+        args.audio_seconds = [float(x) for x in str(args.audio_seconds).split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--audio-seconds must be comma-separated numbers, got {args.audio_seconds!r}")
+    if args.masked_layers is None:
+        args.masked_layers = max(1, args.layers // 2)
     for name in ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate", "text_vocab", "tokens",
-                 "repeats", "threads"):
+                 "repeats", "threads", "masked_layers", "musicgen_frame_rate", "profile_steps", "profile_top"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.decoding_steps or min(args.decoding_steps) < 1:
+        parser.error("--decoding-steps must list positive integers")
+    if not args.audio_seconds or min(args.audio_seconds) <= 0:
+        parser.error("--audio-seconds must list positive lengths")
+    if args.hidden_size % args.heads:
+        parser.error("--hidden-size must be a multiple of --heads (the masked decoder has the backbone's heads)")
+    for name in ("peak_tflops", "bandwidth_tbs", "flops_utilization", "bandwidth_utilization"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.launch_us < 0:
+        parser.error("--launch-us must be >= 0")
     if args.prompt_tokens < 2:
         parser.error("--prompt-tokens must be >= 2 (<bos> and <Audio>)")
     if not args.batch_sizes or min(args.batch_sizes) < 1:
@@ -151,20 +263,36 @@ def build_bare(config: C3LLMConfig, seed: int, weights_from: C3LLMForConditional
     return bare.eval()
 
 
-def build_musicgen(config: C3LLMConfig, seed: int) -> MusicgenForConditionalGeneration:
-    """MusicGen whose decoder has the backbone's size and ours' codebooks, with a small T5 and ours' EnCodec."""
+def build_musicgen(
+    config: C3LLMConfig, seed: int, sizes: C3LLMMaskedDecoderConfig | None = None, max_frames: int = 0
+) -> MusicgenForConditionalGeneration:
+    """MusicGen whose decoder has the backbone's size (or `sizes`' hidden size, layers, heads and MLP width) and
+    ours' codebooks, with a small T5 and ours' EnCodec config; room for `max_frames` frames."""
     text = config.text_config
+    if sizes is None:
+        hidden, layers, heads, ffn = (text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
+                                      text.intermediate_size)  # fmt: skip
+    else:
+        hidden, layers, heads, ffn = (sizes.hidden_size, sizes.num_hidden_layers, sizes.num_attention_heads,
+                                      sizes.intermediate_size)  # fmt: skip
     torch.manual_seed(seed)
     decoder = MusicgenDecoderConfig(
-        vocab_size=config.codebook_size, num_codebooks=config.num_codebooks, hidden_size=text.hidden_size,
-        num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
-        ffn_dim=text.intermediate_size, max_position_embeddings=2048, pad_token_id=config.codebook_size,
+        vocab_size=config.codebook_size, num_codebooks=config.num_codebooks, hidden_size=hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+        max_position_embeddings=max(2048, max_frames + config.num_codebooks + 8), pad_token_id=config.codebook_size,
         bos_token_id=config.codebook_size, dropout=0.0,
-    )
+    )  # fmt: skip
     encoder = T5Config(vocab_size=text.vocab_size, d_model=256, d_kv=32, d_ff=1024, num_layers=2, num_heads=8)
     audio = EncodecConfig(**config.codec_config.to_dict())
     musicgen = MusicgenConfig(text_encoder=encoder, audio_encoder=audio, decoder=decoder)
     return MusicgenForConditionalGeneration(musicgen).eval()
+
+
+def bench_config(args: argparse.Namespace) -> C3LLMConfig:
+    """`build_config` with the masked decoder (`--masked-layers`) and room for the longest AR and masked runs."""
+    frame_rate = build_config(args, args.prompt_tokens + args.tokens + 8).frame_rate
+    longest = max(args.tokens, math.ceil(max(args.audio_seconds) * frame_rate))
+    return build_config(args, args.prompt_tokens + longest + 8, masked_layers=args.masked_layers)
 
 
 def make_prompt(config: C3LLMConfig, batch: int, length: int, seed: int):
@@ -183,7 +311,13 @@ def count_params(module: torch.nn.Module | None) -> int:
     return sum(p.numel() for p in module.parameters())  # parameters() de-duplicates tied weights
 
 
-def parameter_counts(model: C3LLMForConditionalGeneration, bare: torch.nn.Module) -> dict:
+def parameter_counts(
+    model: C3LLMForConditionalGeneration,
+    bare: torch.nn.Module,
+    musicgen: MusicgenForConditionalGeneration,
+    musicgen_small: MusicgenForConditionalGeneration,
+) -> dict:
+    """Parameters of every side; MusicGen's decoder counts its codebook embeddings and heads."""
     lm = model.language_model
     counts = {
         "ours_total": count_params(model),
@@ -196,10 +330,17 @@ def parameter_counts(model: C3LLMForConditionalGeneration, bare: torch.nn.Module
             count_params(getattr(model, n)) for n in ("audio_projector", "video_projector", "image_projector")
         ),
         "ours_nar_head": count_params(model.nar_head),
+        "ours_masked_decoder": count_params(model.masked_decoder),
         "bare_total": count_params(bare),
     }
     counts["ours_extra_over_bare"] = counts["ours_total"] - counts["bare_total"]
+    counts["ours_extra_over_bare_without_masked_decoder"] = counts["ours_extra_over_bare"] - counts["ours_masked_decoder"]
     counts["tied_word_embeddings"] = bool(lm.get_output_embeddings().weight is lm.get_input_embeddings().weight)
+    for name, side in (("musicgen", musicgen), ("musicgen_small", musicgen_small)):
+        counts[f"{name}_total"] = count_params(side)
+        counts[f"{name}_decoder"] = count_params(side.decoder)
+        counts[f"{name}_text_encoder"] = count_params(side.text_encoder) + count_params(getattr(side, "enc_to_dec_proj", None))
+        counts[f"{name}_codec"] = count_params(side.audio_encoder)
     return counts
 
 
@@ -318,6 +459,500 @@ def time_batch(model, bare, musicgen, config, args, batch: int) -> dict:
     return row
 
 
+# ---- masked decoding (part 2) -----------------------------------------------------------------------------------
+def run_masked(model, input_ids, attention_mask, seconds: float, steps: int, seed: int):
+    """`generate(decoding="masked")` of `seconds` of audio in `steps` passes over codebook 1; checks the output."""
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    out = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, decoding="masked", decoding_steps=steps,
+        audio_length_in_s=seconds, do_sample=True, top_k=50,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - start
+    config = model.config
+    frames = math.ceil(seconds * config.frame_rate - 1e-6)
+    expected = (input_ids.shape[0], config.num_codebooks, frames)
+    if tuple(out.audio_codes.shape) != expected or bool((out.audio_codes < 0).any()):
+        raise RuntimeError(f"masked decoding returned codes {tuple(out.audio_codes.shape)}, expected {expected} filled")
+    if out.audio.shape[-1] != round(seconds * config.sampling_rate):
+        raise RuntimeError(f"masked decoding returned {out.audio.shape[-1]} samples for {seconds} s")
+    return elapsed, out
+
+
+def musicgen_frames(args, seconds: float) -> int:
+    """MusicGen's real workload for `seconds` of audio: `--musicgen-frame-rate` (50) frames per second."""
+    return max(1, round(seconds * args.musicgen_frame_rate))
+
+
+def time_masked(model, musicgen_small, config, args, batch: int, seconds: float, ar_rows: list[dict]) -> list[dict]:
+    """Masked decoding at each of `--decoding-steps` and the masked-size MusicGen for `seconds` of audio, interleaved
+    after one warm-up each; one row per step count."""
+    input_ids, attention_mask = make_prompt(config, batch, args.prompt_tokens, args.seed)
+    text_ids = input_ids.clamp(max=config.acoustic_token_offset - 1)
+    frames = musicgen_frames(args, seconds)
+    run_masked(model, input_ids, attention_mask, seconds, min(args.decoding_steps), args.seed)  # warm-up
+    run_musicgen(musicgen_small, text_ids, attention_mask, frames, args.seed)
+    masked = {steps: [] for steps in args.decoding_steps}
+    music = []
+    sides = [*args.decoding_steps, "musicgen"]
+    for r in tqdm(range(args.repeats), desc=f"masked {seconds:g}s batch {batch}", unit="repeat", file=sys.stderr,
+                  leave=False):  # fmt: skip
+        seed = args.seed + 1 + r
+        for side in sides if r % 2 == 0 else sides[::-1]:  # reverse the order every other repeat
+            if side == "musicgen":
+                music.append(run_musicgen(musicgen_small, text_ids, attention_mask, frames, seed))
+            else:
+                masked[side].append(run_masked(model, input_ids, attention_mask, seconds, side, seed)[0])
+    med = statistics.median
+    ar = next(
+        (row for row in ar_rows if row["batch_size"] == batch and abs(row["audio_seconds"] - seconds) < 1e-9), None
+    )
+    rows = []
+    for steps, times in masked.items():
+        row = {
+            "audio_seconds": seconds,
+            "batch_size": batch,
+            "decoding_steps": steps,
+            "frames": math.ceil(seconds * config.frame_rate - 1e-6),
+            "masked_s": med(times),
+            "masked_s_per_audio_second": med(times) / seconds,
+            "musicgen_frames": frames,
+            "musicgen_s": med(music),
+            "musicgen_s_per_audio_second": med(music) / seconds,
+            "ratio_masked_over_musicgen_per_audio_second": (med(times) / seconds) / (med(music) / seconds),
+            # masked vs ours autoregressive (full call) where part 1 ran the same length and batch
+            "ratio_masked_over_autoregressive_per_audio_second": None if ar is None else med(times) / ar["ours_full_s"],
+            "raw_s": {"masked": times, "musicgen": music},
+        }
+        rows.append(row)
+    return rows
+
+
+# ---- FLOPs, bytes and kernels per pass ----------------------------------------------------------------------------
+_aten = torch.ops.aten
+# Ops that launch no kernel on a GPU and move no data (views, aliasing, allocation).
+NO_KERNEL_OPS = frozenset(
+    getattr(_aten, name) for name in (
+        "view", "_unsafe_view", "_reshape_alias", "t", "transpose", "permute", "expand", "slice", "select", "unsqueeze",
+        "squeeze", "alias", "detach", "as_strided", "unbind", "split", "split_with_sizes", "unfold", "lift_fresh",
+        "empty", "empty_like", "new_empty", "empty_strided", "view_as_real", "view_as_complex", "_local_scalar_dense",
+        "sym_size", "sym_stride", "sym_numel", "is_nonzero",
+    ) if hasattr(_aten, name)
+)  # fmt: skip
+# Ops whose result the host needs at once (a device-to-host sync on a GPU).
+SYNC_OPS = frozenset(getattr(_aten, name) for name in ("_local_scalar_dense", "nonzero", "unique", "_unique2")
+                     if hasattr(_aten, name))  # fmt: skip
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU flash-attention kernel (FlopCounterMode counts only the GPU ones); like torch's, not causal."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _mkldnn_lstm_flop(input_shape, w_ih_shape, w_hh_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one mkldnn LSTM layer (EnCodec's): 2 * tokens * (|W_ih| + |W_hh|)."""
+    tokens = input_shape[0] * input_shape[1]
+    return 2 * tokens * (math.prod(w_ih_shape) + math.prod(w_hh_shape))
+
+
+def flop_counter_mode() -> flop_counter.FlopCounterMode:
+    """FlopCounterMode that also counts the CPU flash-attention and mkldnn LSTM kernels."""
+    custom = {}
+    if hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        custom[_aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
+    if hasattr(_aten, "mkldnn_rnn_layer"):
+        custom[_aten.mkldnn_rnn_layer] = _mkldnn_lstm_flop
+    return flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def _bf16_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of `tensor` with floating point stored as bf16 (a bf16 deployment); stride-0 expansions count once."""
+    size = tensor.element_size()
+    elements = min(tensor.numel(), tensor.untyped_storage().nbytes() // max(size, 1))
+    return elements * (2 if tensor.is_floating_point() else size)
+
+
+class PassRecorder(TorchDispatchMode):
+    r"""
+    Splits a call into passes (segments opened by `open`, from module hooks) and records, per pass, the kernels (ops
+    other than views and allocations), the host syncs, the FLOPs (the change of `flops`' total, a FlopCounterMode
+    entered before this mode) and the bytes a GPU would move: each weight touched read once in bf16 (only the rows an
+    embedding gathers) plus every other op's inputs and outputs in bf16 (unfused kernels; a `cat` counts only what it
+    adds, as a preallocated KV cache appends in place).
+    """
+
+    def __init__(self, flops: flop_counter.FlopCounterMode, modules: list[torch.nn.Module]):
+        super().__init__()
+        self.flops = flops
+        self.weights = {}
+        for module in modules:
+            for tensor in (*module.parameters(), *module.buffers()):
+                if tensor.is_floating_point():
+                    self.weights[tensor.untyped_storage().data_ptr()] = tensor.numel() * 2
+        self.passes: list[dict] = []
+        self.current: dict | None = None
+        self._flops_at_open = 0
+
+    def open(self, name: str) -> None:
+        self.close()
+        self._flops_at_open = self.flops.get_total_flops()
+        self.current = {"name": name, "kernels": 0, "syncs": 0, "flops": 0, "weight_bytes": 0, "activation_bytes": 0,
+                        "_weights": set()}  # fmt: skip
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current["flops"] = self.flops.get_total_flops() - self._flops_at_open
+            del self.current["_weights"]
+            self.passes.append(self.current)
+            self.current = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        record = self.current
+        if record is None or func.overloadpacket in NO_KERNEL_OPS:
+            if record is not None and func.overloadpacket in SYNC_OPS:
+                record["syncs"] += 1
+            return out
+        packet = func.overloadpacket
+        record["kernels"] += 1
+        record["syncs"] += packet in SYNC_OPS
+        inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        moved = []
+        for tensor in inputs:
+            key = tensor.untyped_storage().data_ptr()
+            if key in self.weights:
+                if packet is _aten.embedding:
+                    record["weight_bytes"] += sum(_bf16_bytes(o) for o in outputs)  # the rows gathered
+                elif key not in record["_weights"]:
+                    record["_weights"].add(key)
+                    record["weight_bytes"] += self.weights[key]
+            else:
+                moved.append(_bf16_bytes(tensor))
+        written = sum(_bf16_bytes(t) for t in outputs)
+        if packet is _aten.cat and moved:
+            record["activation_bytes"] += sum(moved) + written - 2 * max(moved)
+        else:
+            record["activation_bytes"] += sum(moved) + written
+        return out
+
+
+@contextlib.contextmanager
+def instance_wrapper(obj, method: str, before):
+    """Calls `before()` ahead of `obj.method` (an instance attribute shadowing the class's) inside the block."""
+    original = getattr(obj, method)
+
+    def wrapped(*args, **kwargs):
+        before()
+        return original(*args, **kwargs)
+
+    setattr(obj, method, wrapped)
+    try:
+        yield
+    finally:
+        delattr(obj, method)
+
+
+def record_passes(call, modules: list[torch.nn.Module], openers) -> tuple[int, list[dict]]:
+    """Runs `call()` under FlopCounterMode and a PassRecorder; `openers(recorder)` yields the context managers that
+    open its passes. Returns the total FLOPs and the passes."""
+    counter = flop_counter_mode()
+    recorder = PassRecorder(counter, modules)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(counter)
+        stack.enter_context(recorder)
+        recorder.open("setup")
+        for manager in openers(recorder):
+            stack.enter_context(manager)
+        call()
+        recorder.close()
+    return counter.get_total_flops(), recorder.passes
+
+
+@contextlib.contextmanager
+def forward_pre_hook(module: torch.nn.Module, hook):
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def masked_openers(model):
+    """Passes of masked generate: prefill (prompt embedding + LLM), codebook-1 pass, finer pass, codec."""
+
+    def openers(recorder: PassRecorder):
+        def decoder_pass(_module, args):
+            recorder.open("codebook-1 pass" if int(args[3]) == 0 else "finer pass")
+
+        return [
+            instance_wrapper(model, "get_multimodal_embeddings", lambda: recorder.open("prefill")),
+            forward_pre_hook(model.masked_decoder, decoder_pass),
+            instance_wrapper(model, "decode_audio", lambda: recorder.open("codec")),
+        ]
+
+    return openers
+
+
+def musicgen_openers(musicgen):
+    """Passes of MusicGen generate: T5 text encoder, one per decoder step (with its sampling), codec."""
+
+    def openers(recorder: PassRecorder):
+        return [
+            forward_pre_hook(musicgen.text_encoder, lambda *_: recorder.open("text encoder")),
+            forward_pre_hook(musicgen.decoder, lambda *_: recorder.open("step")),
+            instance_wrapper(musicgen.audio_encoder, "decode", lambda: recorder.open("codec")),
+        ]
+
+    return openers
+
+
+def group_passes(passes: list[dict]) -> dict:
+    """Sums of each kind of pass: count, FLOPs, weight/activation bytes, kernels, syncs."""
+    groups: dict[str, dict] = {}
+    for record in passes:
+        group = groups.setdefault(record["name"], {"count": 0, "flops": 0, "weight_bytes": 0, "activation_bytes": 0,
+                                                   "kernels": 0, "syncs": 0})  # fmt: skip
+        group["count"] += 1
+        for key in ("flops", "weight_bytes", "activation_bytes", "kernels", "syncs"):
+            group[key] += record[key]
+    return groups
+
+
+def measure_macs(model, musicgen, musicgen_small, config, args) -> dict:
+    """MACs (FLOPs / 2, FlopCounterMode) per second of audio of each mode on one call at batch 1, and the passes of
+    the masked and masked-size MusicGen calls (batch 1 and every batch size at the longest length) for the H100
+    projection."""
+    input_ids, attention_mask = make_prompt(config, 1, args.prompt_tokens, args.seed)
+    text_ids = input_ids.clamp(max=config.acoustic_token_offset - 1)
+    ar_seconds = args.tokens / config.frame_rate
+    modes = []
+
+    def add(mode: str, seconds: float, flops: int, batch: int = 1, passes: list[dict] | None = None, **extra) -> None:
+        entry = {"mode": mode, "audio_seconds": seconds, "batch_size": batch, **extra, "macs": flops // 2,
+                 "macs_per_audio_second": flops / 2 / seconds / batch}  # fmt: skip
+        if passes is not None:
+            entry["passes"] = {name: {**g, "macs": g.pop("flops") // 2} for name, g in group_passes(passes).items()}
+        modes.append(entry)
+
+    with flop_counter_mode() as counter:
+        run_ours(model, input_ids, attention_mask, args.tokens, config.frame_rate, args.seed)
+    add("autoregressive", ar_seconds, counter.get_total_flops(), frames=args.tokens)
+    frames = musicgen_frames(args, ar_seconds)
+    with flop_counter_mode() as counter:
+        run_musicgen(musicgen, text_ids, attention_mask, frames, args.seed)
+    add("musicgen (LLM size)", ar_seconds, counter.get_total_flops(), frames=frames)
+    raw = []  # (mode, seconds, batch, steps, passes) of the masked and masked-size MusicGen calls
+    longest = max(args.audio_seconds)
+    for seconds in args.audio_seconds:
+        for batch in sorted({1, *(args.batch_sizes if seconds == longest else ())}):
+            ids, mask = make_prompt(config, batch, args.prompt_tokens, args.seed)
+            # Batch 1: every step count; larger batches (projection only): the fewest, the rest from its passes.
+            for steps in args.decoding_steps if batch == 1 else [min(args.decoding_steps)]:
+                flops, passes = record_passes(
+                    lambda: run_masked(model, ids, mask, seconds, steps, args.seed), [model], masked_openers(model)
+                )
+                add("masked", seconds, flops, batch, passes, decoding_steps=steps,
+                    frames=math.ceil(seconds * config.frame_rate - 1e-6))  # fmt: skip
+                raw.append(("masked", seconds, batch, steps, passes))
+            frames = musicgen_frames(args, seconds)
+            flops, passes = record_passes(
+                lambda: run_musicgen(musicgen_small, ids.clamp(max=config.acoustic_token_offset - 1), mask, frames,
+                                     args.seed),
+                [musicgen_small], musicgen_openers(musicgen_small),
+            )  # fmt: skip
+            add("musicgen (masked size)", seconds, flops, batch, passes, frames=frames)
+            raw.append(("musicgen", seconds, batch, None, passes))
+    return {"modes": modes, "raw_passes": raw}
+
+
+# ---- H100 projection ---------------------------------------------------------------------------------------------
+def pass_seconds(record: dict, args, realistic: bool) -> float:
+    """One pass on an H100: max(FLOPs / compute, bytes / bandwidth), plus kernels x launch overhead if `realistic`."""
+    flops_util, bw_util = (args.flops_utilization, args.bandwidth_utilization) if realistic else (1.0, 1.0)
+    compute = record["flops"] / (args.peak_tflops * 1e12 * flops_util)
+    memory = (record["weight_bytes"] + record["activation_bytes"]) / (args.bandwidth_tbs * 1e12 * bw_util)
+    return max(compute, memory) + (record["kernels"] * args.launch_us * 1e-6 if realistic else 0.0)
+
+
+def project_h100(raw_passes: list, args) -> dict:
+    r"""
+    Projected time on one H100 SXM of the masked mode and the masked-size MusicGen at the longest length, per batch
+    size and step count: the sum over passes of `pass_seconds`. The masked mode's passes are recorded on one call at
+    the fewest steps; N steps = that call's other passes + N times its mean codebook-1 pass (every codebook-1 pass
+    has the same shapes). MusicGen's passes are its T5 encoder, each decoder step (its KV cache read at that step's
+    length) and the codec.
+    """
+    longest = max(args.audio_seconds)
+    rows = []
+    for batch in args.batch_sizes:
+        masked = next(p for mode, s, b, n, p in raw_passes if mode == "masked" and s == longest and b == batch
+                      and n == min(args.decoding_steps))  # fmt: skip
+        music = next(p for mode, s, b, n, p in raw_passes if mode == "musicgen" and s == longest and b == batch)
+        step_passes = [p for p in masked if p["name"] == "codebook-1 pass"]
+        other_passes = [p for p in masked if p["name"] != "codebook-1 pass"]
+        for steps in args.decoding_steps:
+            row = {"audio_seconds": longest, "batch_size": batch, "decoding_steps": steps}
+            for variant, realistic in (("roofline", False), ("realistic", True)):
+                mean_pass = statistics.fmean(pass_seconds(p, args, realistic) for p in step_passes)
+                masked_s = sum(pass_seconds(p, args, realistic) for p in other_passes) + steps * mean_pass
+                music_s = sum(pass_seconds(p, args, realistic) for p in music)
+                row[f"masked_ms_{variant}"] = 1000 * masked_s
+                row[f"musicgen_ms_{variant}"] = 1000 * music_s
+                row[f"ratio_masked_over_musicgen_per_audio_second_{variant}"] = masked_s / music_s
+            rows.append(row)
+    checks = []  # the extrapolation against the calls measured at other step counts (batch 1)
+    for mode, seconds, batch, steps, measured in raw_passes:
+        if mode != "masked" or seconds != longest or steps == min(args.decoding_steps):
+            continue
+        base = next(p for m, s, b, n, p in raw_passes if m == "masked" and s == longest and b == batch
+                    and n == min(args.decoding_steps))  # fmt: skip
+        step_flops = [p["flops"] for p in base if p["name"] == "codebook-1 pass"]
+        predicted = sum(p["flops"] for p in base if p["name"] != "codebook-1 pass") + steps * statistics.fmean(step_flops)
+        total = sum(p["flops"] for p in measured)
+        checks.append({"batch_size": batch, "decoding_steps": steps, "measured_flops": total,
+                       "extrapolated_flops": predicted, "relative_error": predicted / total - 1})  # fmt: skip
+    details = {}
+    for batch in args.batch_sizes:
+        masked = next(p for mode, s, b, n, p in raw_passes if mode == "masked" and s == longest and b == batch
+                      and n == min(args.decoding_steps))  # fmt: skip
+        music = next(p for mode, s, b, n, p in raw_passes if mode == "musicgen" and s == longest and b == batch)
+        details[str(batch)] = {
+            "masked_codebook1_pass": _mean_pass([p for p in masked if p["name"] == "codebook-1 pass"], args),
+            "musicgen_step": _mean_pass([p for p in music if p["name"] == "step"], args),
+            "musicgen_steps": sum(p["name"] == "step" for p in music),
+        }
+    return {
+        "device": "H100 SXM (projection; nothing ran on a GPU)",
+        "assumptions": {
+            "peak_tflops_bf16_dense": args.peak_tflops,
+            "hbm_tb_per_s": args.bandwidth_tbs,
+            "roofline": "per pass max(FLOPs / peak, bytes / bandwidth), 100% of both, no launch overhead",
+            "realistic": (
+                f"per pass max(FLOPs / ({args.flops_utilization:g} x peak), bytes / ({args.bandwidth_utilization:g} "
+                f"x bandwidth)) + kernels x {args.launch_us:g} us launch overhead (no CUDA graphs, no overlap of "
+                "launches with work; host syncs not charged)"
+            ),
+            "bytes": (
+                "weights in bf16 read once per pass (embeddings: the rows gathered) + activations: every op's inputs "
+                "and outputs in bf16 as recorded on CPU (unfused kernels, so an upper bound for fused ones; "
+                "attention is one fused flash kernel, so no L x L scores; KV cache read by each step's attention, "
+                "appended in place)"
+            ),
+            "flops": "FlopCounterMode (matmuls, convolutions, attention, LSTM); elementwise ops count as bytes only",
+            "masked_steps": "passes recorded at the fewest --decoding-steps; N steps = N x the mean codebook-1 pass",
+        },
+        "settings": rows,
+        "per_pass": details,
+        "extrapolation_check": checks,
+    }
+
+
+def _mean_pass(passes: list[dict], args) -> dict:
+    """Mean FLOPs, bytes, kernels and projected microseconds of a list of passes."""
+    mean = lambda key: statistics.fmean(p[key] for p in passes)  # noqa: E731
+    flops, weights, acts = mean("flops"), mean("weight_bytes"), mean("activation_bytes")
+    return {
+        "flops": flops,
+        "weight_bytes": weights,
+        "activation_bytes": acts,
+        "kernels": mean("kernels"),
+        "flops_per_byte": flops / (weights + acts),
+        "us_roofline": 1e6 * statistics.fmean(pass_seconds(p, args, False) for p in passes),
+        "us_realistic": 1e6 * statistics.fmean(pass_seconds(p, args, True) for p in passes),
+    }
+
+
+# ---- profile of the masked mode -----------------------------------------------------------------------------------
+PROFILE_CATEGORIES = (
+    ("linear (addmm/mm/bmm)", ("addmm", "mm", "bmm", "baddbmm", "linear", "matmul")),
+    ("attention (sdpa)", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("softmax/log_softmax", ("softmax",)),
+    ("sampling (topk/multinomial/gather/max)", ("topk", "multinomial", "exponential", "gather", "max", "argmax")),
+    ("argsort/sort", ("sort",)),
+    ("norms", ("layer_norm", "rsqrt")),
+    ("convolution (EnCodec)", ("convolution", "conv", "reflection_pad", "weight_norm")),
+    ("LSTM (EnCodec)", ("rnn", "lstm")),
+)
+
+
+def _category(name: str) -> str:
+    short = name.split("::")[-1]
+    for category, keys in PROFILE_CATEGORIES:
+        if any(key == short or key in short for key in keys):
+            return category
+    return "other (elementwise, copies, embeddings, ...)"
+
+
+def profile_masked(model, config, args) -> dict:
+    """Where the masked mode's time goes at the longest length, batch 1, `--profile-steps` steps: the pieces timed
+    around one generate call (median over --repeats), then the top operators of a torch.profiler run."""
+    seconds, steps = max(args.audio_seconds), args.profile_steps
+    input_ids, attention_mask = make_prompt(config, 1, args.prompt_tokens, args.seed)
+    run_masked(model, input_ids, attention_mask, seconds, steps, args.seed)  # warm-up
+    marks: list[tuple[str, float]] = []
+
+    def mark(name: str):
+        return lambda *_: marks.append((name, time.perf_counter()))
+
+    pieces = []
+    for r in range(args.repeats):
+        marks.clear()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(instance_wrapper(model, "get_multimodal_embeddings", mark("prefill")))
+            stack.enter_context(instance_wrapper(model, "masked_decode", mark("masked_decode")))
+            stack.enter_context(instance_wrapper(model, "decode_audio", mark("codec")))
+            decoder = model.masked_decoder
+            stack.enter_context(forward_pre_hook(decoder, lambda _m, a: marks.append((f"level {int(a[3])}",
+                                                                                      time.perf_counter()))))
+            handle = decoder.register_forward_hook(lambda *_: marks.append(("decoder end", time.perf_counter())))
+            stack.callback(handle.remove)
+            start = time.perf_counter()
+            run_masked(model, input_ids, attention_mask, seconds, steps, args.seed + 1 + r)
+            end = time.perf_counter()
+        times = dict.fromkeys(("prefill", "codebook-1 decoder passes", "codebook-1 sampling + re-masking",
+                               "finer-codebook passes", "EnCodec decode"), 0.0)  # fmt: skip
+        by_name = {}
+        for name, t in marks:
+            by_name.setdefault(name, t)
+        times["prefill"] = by_name["masked_decode"] - by_name["prefill"]
+        level0 = [(t, marks[i + 1][1]) for i, (name, t) in enumerate(marks) if name == "level 0"]
+        times["codebook-1 decoder passes"] = sum(b - a for a, b in level0)
+        first_finer = next((t for name, t in marks if name.startswith("level ") and name != "level 0"),
+                           by_name["codec"])  # fmt: skip
+        times["codebook-1 sampling + re-masking"] = first_finer - by_name["level 0"] - times["codebook-1 decoder passes"]
+        times["finer-codebook passes"] = by_name["codec"] - first_finer
+        times["EnCodec decode"] = end - by_name["codec"]  # decode_audio and the trim/output of generate
+        times["other (generate's setup)"] = by_name["prefill"] - start
+        times["total"] = end - start
+        pieces.append(times)
+    med = {key: statistics.median(p[key] for p in pieces) for key in pieces[0]}
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run_masked(model, input_ids, attention_mask, seconds, steps, args.seed)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total_us = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1000,
+            "share": e.self_cpu_time_total / total_us} for e in events[: args.profile_top]]  # fmt: skip
+    categories: dict[str, float] = {}
+    for e in events:
+        cat = _category(e.key)
+        categories[cat] = categories.get(cat, 0.0) + e.self_cpu_time_total
+    return {
+        "audio_seconds": seconds,
+        "batch_size": 1,
+        "decoding_steps": steps,
+        "pieces_s": med,
+        "pieces_share": {k: v / med["total"] for k, v in med.items() if k != "total"},
+        "profiler_total_self_ms": total_us / 1000,
+        "top_operators": top,
+        "categories": {k: {"self_ms": v / 1000, "share": v / total_us}
+                       for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},  # fmt: skip
+    }
+
+
 # ---- peak memory (fresh subprocesses) -----------------------------------------------------------------------------
 def ru_maxrss_kib() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -363,7 +998,7 @@ def reset_peak_rss() -> bool:
 def memory_child(args) -> None:
     """Runs in a fresh process: build one side, generate once per batch size, print its RSS figures as one JSON line."""
     torch.set_num_threads(args.threads)
-    config = build_config(args, args.prompt_tokens + args.tokens + 8)
+    config = bench_config(args)
     result = {
         "side": args.memory_child,
         "peak_rss_imports_kib": peak_rss_kib(),
@@ -406,6 +1041,8 @@ def measure_memory(args) -> dict:
             "--tokens", str(args.tokens),
             "--prompt-tokens", str(args.prompt_tokens),
             "--batch-sizes", ",".join(map(str, args.batch_sizes)),
+            "--audio-seconds", ",".join(map(str, args.audio_seconds)),
+            "--masked-layers", str(args.masked_layers),
             "--threads", str(args.threads),
             "--seed", str(args.seed),
         ]
@@ -460,7 +1097,8 @@ def print_report(summary: dict) -> None:
         f"attn={env['attn_implementation']['ours']}/{env['attn_implementation']['bare']}, repeats={cfg['repeats']} (median), "
         f"{cfg['tokens']} coarse tokens = {cfg['tokens'] / cfg['frame_rate']:.2f} s audio, top_k=50 sampling"
     )
-    loads = [v for v in (env["loadavg_1m_before"], env["loadavg_1m_after"]) if v is not None]
+    loads = [v for v in (env["loadavg_1m_before"], env["loadavg_1m_after"], env.get("loadavg_1m_after_autoregressive"),
+                         env.get("loadavg_1m_after_masked")) if v is not None]  # fmt: skip
     if loads and max(loads) > env["threads"] + 0.5:
         print(
             f"warning: the 1-minute load average reached {max(loads):.2f} with {env['threads']} threads requested: other "
@@ -490,12 +1128,19 @@ def print_report(summary: dict) -> None:
             f"{'(' + format(row['bare_s'], '.3f') + ' s)':>10} | {'':>8} | {'':>9} | "
             f"{'(' + format(row['musicgen_s'], '.3f') + ' s)':>10} |"
         )
+    print(
+        f"  (autoregressive rows at --tokens = {cfg['autoregressive_rows_audio_seconds']:g} s of audio only: at 10 s "
+        "and batch 4 they alone would take several more minutes on 2 cores)"
+    )
+    print_masked(summary)
     print()
     print("parameters")
     for key in ("ours_total", "ours_language_model", "ours_language_model_embeddings", "ours_codec",
-                "ours_audio_encoder", "ours_vision_encoder", "ours_projectors", "ours_nar_head", "bare_total",
-                "ours_extra_over_bare"):
-        print(f"  {key:<32} {params[key]:>14,d}  ({params[key] * 4 / 2**20:8.2f} MiB fp32)")
+                "ours_audio_encoder", "ours_vision_encoder", "ours_projectors", "ours_nar_head",
+                "ours_masked_decoder", "bare_total", "ours_extra_over_bare",
+                "ours_extra_over_bare_without_masked_decoder", "musicgen_total", "musicgen_decoder",
+                "musicgen_text_encoder", "musicgen_codec", "musicgen_small_total", "musicgen_small_decoder"):
+        print(f"  {key:<44} {params[key]:>14,d}  ({params[key] * 4 / 2**20:8.2f} MiB fp32)")
     print(f"  tied word embeddings: {params['tied_word_embeddings']}")
     nar = cfg["nar"]
     print(
@@ -529,6 +1174,94 @@ def print_report(summary: dict) -> None:
     print()
 
 
+def print_masked(summary: dict) -> None:
+    """The masked rows, the MACs per audio second, the profile and the H100 projection."""
+    cfg = summary["config"]
+    sizes = cfg["masked_decoder"]
+    print()
+    print(
+        f"masked decoding vs MusicGen at the masked decoder's size (hidden={sizes['hidden_size']} "
+        f"layers={sizes['num_hidden_layers']} heads={sizes['num_attention_heads']} "
+        f"intermediate={sizes['intermediate_size']}); ours 75 frames/s, MusicGen {cfg['musicgen_frame_rate']} frames/s; "
+        f"{cfg['sampling']}; load(1m) after the masked rows {summary['environment']['loadavg_1m_after_masked']}"
+    )
+    header = (
+        f"{'audio s':>7} | {'batch':>5} | {'steps':>5} | {'masked s':>9} | {'masked s/aud s':>14} | "
+        f"{'musicgen s':>10} | {'frames':>6} | {'mg s/aud s':>10} | {'masked/musicgen':>15} | {'masked/AR':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in summary["settings"]:
+        ar = row["ratio_masked_over_autoregressive_per_audio_second"]
+        print(
+            f"{row['audio_seconds']:>7g} | {row['batch_size']:>5} | {row['decoding_steps']:>5} | "
+            f"{row['masked_s']:>9.3f} | {row['masked_s_per_audio_second']:>14.4f} | {row['musicgen_s']:>10.3f} | "
+            f"{row['musicgen_frames']:>6} | {row['musicgen_s_per_audio_second']:>10.4f} | "
+            f"{row['ratio_masked_over_musicgen_per_audio_second']:>15.3f} | "
+            + (f"{ar:>9.3f}" if ar is not None else f"{'':>9}")
+        )
+    print()
+    print("multiply-adds per second of audio (FlopCounterMode on one call at batch 1; MACs = FLOPs / 2)")
+    for mode in summary["macs_per_audio_second"]:
+        if mode["batch_size"] != 1:
+            continue
+        steps = f", {mode['decoding_steps']} steps" if "decoding_steps" in mode else ""
+        line = f"  {mode['mode'] + steps:<30} {mode['audio_seconds']:>5g} s, {mode['frames']:>4} frames: " \
+               f"{mode['macs_per_audio_second'] / 1e9:9.2f} GMAC per audio s"
+        if "passes" in mode:
+            parts = ", ".join(f"{name} {g['macs'] / mode['audio_seconds'] / 1e9:.2f}" for name, g in mode["passes"].items()
+                              if g["macs"])  # fmt: skip
+            line += f"  ({parts})"
+        print(line)
+    profile = summary["profile"]
+    print()
+    print(
+        f"masked profile: {profile['audio_seconds']:g} s, batch 1, {profile['decoding_steps']} steps "
+        f"(pieces: median of --repeats calls; operators: one torch.profiler call, self CPU time)"
+    )
+    for name, value in profile["pieces_s"].items():
+        share = profile["pieces_share"].get(name)
+        print(f"  {name:<36} {value:8.3f} s" + (f"  {100 * share:5.1f}%" if share is not None else ""))
+    print(f"  {'operator':<52} {'calls':>6} {'self ms':>9} {'share':>6}")
+    for op in profile["top_operators"]:
+        print(f"  {op['op']:<52} {op['calls']:>6} {op['self_ms']:>9.1f} {100 * op['share']:>5.1f}%")
+    print("  by kind: " + ", ".join(f"{k} {100 * v['share']:.1f}%" for k, v in profile["categories"].items()))
+    projection = summary["h100_projection"]
+    print()
+    print(f"projected on one {projection['device']}")
+    for key, text in projection["assumptions"].items():
+        print(f"  {key}: {text}")
+    header = (
+        f"{'audio s':>7} | {'batch':>5} | {'steps':>5} | {'masked ms':>9} | {'musicgen ms':>11} | {'ratio':>6} || "
+        f"{'masked ms':>9} | {'musicgen ms':>11} | {'ratio':>6}"
+    )
+    print(f"  {'':>21}   {'roofline':^32} || {'realistic':^32}")
+    print("  " + header)
+    for row in projection["settings"]:
+        print(
+            f"  {row['audio_seconds']:>7g} | {row['batch_size']:>5} | {row['decoding_steps']:>5} | "
+            f"{row['masked_ms_roofline']:>9.3f} | {row['musicgen_ms_roofline']:>11.3f} | "
+            f"{row['ratio_masked_over_musicgen_per_audio_second_roofline']:>6.3f} || "
+            f"{row['masked_ms_realistic']:>9.3f} | {row['musicgen_ms_realistic']:>11.3f} | "
+            f"{row['ratio_masked_over_musicgen_per_audio_second_realistic']:>6.3f}"
+        )
+    for check in projection["extrapolation_check"]:
+        print(
+            f"  check: batch {check['batch_size']}, {check['decoding_steps']} steps: FLOPs extrapolated from the "
+            f"fewest steps {check['extrapolated_flops'] / 1e9:.3f} G vs measured {check['measured_flops'] / 1e9:.3f} G "
+            f"({100 * check['relative_error']:+.2f}%)"
+        )
+    for batch, detail in projection["per_pass"].items():
+        for name in ("masked_codebook1_pass", "musicgen_step"):
+            d = detail[name]
+            print(
+                f"  batch {batch} {name:<22} {d['flops'] / 1e9:8.3f} GFLOP, weights {d['weight_bytes'] / 2**20:7.2f} MiB, "
+                f"activations {d['activation_bytes'] / 2**20:7.2f} MiB, {d['kernels']:6.1f} kernels, "
+                f"{d['flops_per_byte']:6.1f} FLOP/B -> {d['us_roofline']:7.2f} us roofline, "
+                f"{d['us_realistic']:7.2f} us realistic"
+            )
+
+
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.memory_child is not None:
@@ -536,19 +1269,35 @@ def main(argv=None) -> dict | None:
         return None
 
     torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     load_before = load_average()
-    config = build_config(args, args.prompt_tokens + args.tokens + 8)
+    config = bench_config(args)
     model = build_ours(config, args.seed).eval()
     bare = build_bare(config, args.seed, weights_from=model)
-    params = parameter_counts(model, bare)
+    musicgen = build_musicgen(config, args.seed, max_frames=args.tokens)
+    longest_frames = musicgen_frames(args, max(args.audio_seconds))
+    musicgen_small = build_musicgen(config, args.seed, config.masked_decoder_config, max_frames=longest_frames)
+    params = parameter_counts(model, bare, musicgen, musicgen_small)
     attn = {"ours": model.language_model.config._attn_implementation, "bare": bare.config._attn_implementation}
 
-    musicgen = build_musicgen(config, args.seed)
     timings = [time_batch(model, bare, musicgen, config, args, batch) for batch in args.batch_sizes]
-    del model, bare, musicgen
+    del bare
+    load_after_ar = load_average()
+    masked_rows = [
+        row
+        for seconds in args.audio_seconds
+        for batch in args.batch_sizes
+        for row in time_masked(model, musicgen_small, config, args, batch, seconds, timings)
+    ]
+    load_after_masked = load_average()
+    profile = profile_masked(model, config, args)
+    macs = measure_macs(model, musicgen, musicgen_small, config, args)
+    projection = project_h100(macs.pop("raw_passes"), args)
+    del model, musicgen, musicgen_small
     load_after_timing = load_average()
     memory = None if args.no_memory else measure_memory(args)
 
+    sizes = config.masked_decoder_config
     summary = {
         "benchmark": "generate",
         "config": {
@@ -557,11 +1306,33 @@ def main(argv=None) -> dict | None:
             "prompt_tokens": args.prompt_tokens,
             "frame_rate": config.frame_rate,
             "repeats": args.repeats,
+            "sampling": "do_sample=True, top_k=50, no guidance (MusicGen guidance_scale=1.0), on every side",
+            "masked_decoder": {
+                "hidden_size": sizes.hidden_size,
+                "num_hidden_layers": sizes.num_hidden_layers,
+                "num_attention_heads": sizes.num_attention_heads,
+                "intermediate_size": sizes.intermediate_size,
+                "rule": "the LLM's hidden size, heads and MLP width, half its layers (the demo's), unless --masked-layers",
+            },
+            "musicgen_small_decoder": "the masked decoder's hidden size, layers, heads and MLP width",
+            "musicgen_frame_rate": args.musicgen_frame_rate,
+            "audio_seconds": args.audio_seconds,
+            "decoding_steps": args.decoding_steps,
+            "autoregressive_rows_audio_seconds": args.tokens / config.frame_rate,
         },
-        "environment": environment(attn, load_before, load_after_timing),
+        "environment": {
+            **environment(attn, load_before, load_after_timing),
+            "loadavg_1m_after_autoregressive": load_after_ar,
+            "loadavg_1m_after_masked": load_after_masked,
+        },
         "parameters": params,
         "timings": timings,
+        "settings": masked_rows,
+        "macs_per_audio_second": macs["modes"],
+        "profile": profile,
+        "h100_projection": projection,
         "memory": memory,
+        "wall_s": time.perf_counter() - started,
     }
     print_report(summary)
     emit(summary, args.json_out)

@@ -12,7 +12,7 @@ import torch
 from transformers import GemmaConfig
 
 from conversion.build_c3llm import init_new_token_rows, tiny_config
-from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration
+from modeling_c3llm import C3LLMConfig, C3LLMForConditionalGeneration, C3LLMMaskedDecoderConfig
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,9 +31,11 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_config(args: argparse.Namespace, max_tokens: int) -> C3LLMConfig:
+def build_config(args: argparse.Namespace, max_tokens: int, masked_layers: int | None = None) -> C3LLMConfig:
     """The tiny config of conversion.build_c3llm with the text backbone replaced by one of the requested size;
-    `max_tokens` is the longest sequence (prompt and audio tokens) the benchmark runs."""
+    `max_tokens` is the longest sequence (prompt and audio tokens) the benchmark runs. With `masked_layers`, the model
+    also gets the masked decoder of `generate(decoding="masked")`, sized as in the demo (`tiny_config`): the
+    backbone's hidden size, heads and MLP width, `masked_layers` layers (the demo's rule is half the LLM's)."""
     tiny = tiny_config(text_vocab_size=args.text_vocab)
     text = GemmaConfig(
         vocab_size=args.text_vocab,
@@ -54,6 +56,10 @@ def build_config(args: argparse.Namespace, max_tokens: int) -> C3LLMConfig:
         audio_config=tiny.audio_config,
         vision_config=tiny.vision_config,
         nar_config=tiny.nar_config,
+        masked_decoder_config=None if masked_layers is None else C3LLMMaskedDecoderConfig(
+            hidden_size=args.hidden_size, num_hidden_layers=masked_layers, num_attention_heads=args.heads,
+            intermediate_size=args.intermediate, dropout=0.0,
+        ),
         num_codebooks=tiny.num_codebooks,
         video_fps=tiny.video_fps,
         video_num_frames=tiny.video_num_frames,

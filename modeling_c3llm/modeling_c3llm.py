@@ -100,7 +100,7 @@ class C3LLMNARLayer(GradientCheckpointingLayer):
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         batch, length, width = hidden_states.shape
         qkv = self.qkv_proj(self.self_attn_layer_norm(hidden_states))
         query, key, value = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -146,7 +146,8 @@ class C3LLMCodesTransformer(nn.Module):
 
         hidden_states = torch.cat([condition, acoustic], dim=1)
         key_mask = torch.cat([condition_mask, frames_mask], dim=1).bool()
-        attention_mask = key_mask[:, None, None, :]
+        # Without padding no mask at all, so that SDPA may use its fused kernels.
+        attention_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
         return self.norm(hidden_states[:, condition.shape[1] :])
