@@ -751,15 +751,20 @@ def measure_macs(model, musicgen, musicgen_small, config, args) -> dict:
             # Batch 1: every step count; larger batches (projection only): the fewest, the rest from its passes.
             for steps in args.decoding_steps if batch == 1 else [min(args.decoding_steps)]:
                 flops, passes = record_passes(
-                    lambda: run_masked(model, ids, mask, seconds, steps, args.seed), [model], masked_openers(model)
-                )
+                    lambda ids=ids, mask=mask, seconds=seconds, steps=steps: run_masked(
+                        model, ids, mask, seconds, steps, args.seed
+                    ),
+                    [model], masked_openers(model),
+                )  # fmt: skip
                 add("masked", seconds, flops, batch, passes, decoding_steps=steps,
                     frames=math.ceil(seconds * config.frame_rate - 1e-6))  # fmt: skip
                 raw.append(("masked", seconds, batch, steps, passes))
             frames = musicgen_frames(args, seconds)
+            text_ids = ids.clamp(max=config.acoustic_token_offset - 1)
             flops, passes = record_passes(
-                lambda: run_musicgen(musicgen_small, ids.clamp(max=config.acoustic_token_offset - 1), mask, frames,
-                                     args.seed),
+                lambda text_ids=text_ids, mask=mask, frames=frames: run_musicgen(
+                    musicgen_small, text_ids, mask, frames, args.seed
+                ),
                 [musicgen_small], musicgen_openers(musicgen_small),
             )  # fmt: skip
             add("musicgen (masked size)", seconds, flops, batch, passes, frames=frames)
@@ -948,8 +953,10 @@ def profile_masked(model, config, args) -> dict:
         "pieces_share": {k: v / med["total"] for k, v in med.items() if k != "total"},
         "profiler_total_self_ms": total_us / 1000,
         "top_operators": top,
-        "categories": {k: {"self_ms": v / 1000, "share": v / total_us}
-                       for k, v in sorted(categories.items(), key=lambda kv: -kv[1])},  # fmt: skip
+        "categories": {
+            k: {"self_ms": v / 1000, "share": v / total_us}
+            for k, v in sorted(categories.items(), key=lambda kv: -kv[1])
+        },
     }
 
 
