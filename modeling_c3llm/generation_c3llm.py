@@ -11,8 +11,6 @@ from transformers import (
     GenerationMixin,
     LogitsProcessor,
     LogitsProcessorList,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
     UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
 from transformers.generation.utils import GenerateOutput
@@ -38,6 +36,30 @@ MODALITY_INPUTS = {
 def cosine_mask_ratio(progress: torch.Tensor | float) -> torch.Tensor:
     """MaskGIT's cosine schedule: the share of a clip's codes still masked at `progress` in [0, 1]."""
     return torch.cos(0.5 * math.pi * torch.as_tensor(progress, dtype=torch.float64))
+
+
+def sample_codes(
+    scores: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    r"""
+    Samples one code per frame from log-probabilities `scores` `(batch, frames, codebook_size)` at `temperature`,
+    among the `top_k` most likely codes and then the smallest set holding `top_p` of their probability (the same
+    distribution as transformers' temperature, top-k and top-p warpers in that order), drawing only among those
+    candidates. Returns the codes and their probabilities under that distribution, both `(batch, frames)`.
+    """
+    size = scores.shape[-1]
+    restrict_p = top_p is not None and top_p < 1
+    if top_k or restrict_p:
+        scores, candidates = scores.topk(min(top_k or size, size), dim=-1)  # sorted, most likely first
+    probs = (scores / temperature).softmax(-1)
+    if restrict_p:
+        kept = (probs.cumsum(-1) - probs) < top_p  # the mass before a candidate is still short of top_p
+        probs = probs * kept
+        probs = probs / probs.sum(-1, keepdim=True)
+    drawn = torch.multinomial(probs.flatten(0, 1), 1).view(probs.shape[:-1] + (1,))
+    confidence = probs.gather(-1, drawn)[..., 0]
+    chosen = candidates.gather(-1, drawn)[..., 0] if top_k or restrict_p else drawn[..., 0]
+    return chosen, confidence
 
 
 class AllowedTokensLogitsProcessor(LogitsProcessor):
@@ -537,8 +559,6 @@ class C3LLMGenerationMixin(GenerationMixin):
         guided = guidance_scale is not None and guidance_scale != 1
         if guided and negative_states is None:
             raise ValueError("guidance_scale needs negative_states (the prompt_states of the negative prompts).")
-        warpers = [TopKLogitsWarper(top_k)] if top_k else []
-        warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1 else []
         for level in range(codes.shape[1]):
             unknown = (codes[:, level] < 0) & frames_mask
             total = unknown.sum(-1)
@@ -554,18 +574,14 @@ class C3LLMGenerationMixin(GenerationMixin):
                     scores = (negative + scale * (scores - negative)).log_softmax(-1)
                 if do_sample and level == 0:
                     annealed = (temperature or 1.0) * (1 - step / steps)
-                    flat = scores.flatten(0, 1) / annealed
-                    for warper in warpers:
-                        flat = warper(None, flat)
-                    probs = flat.softmax(-1)
-                    chosen = torch.multinomial(probs, 1).view(scores.shape[:2])
-                    confidence = probs.gather(-1, chosen.view(-1, 1)).view(scores.shape[:2])
+                    chosen, confidence = sample_codes(scores, annealed, top_k, top_p)
                 else:
                     confidence, chosen = scores.max(-1)
                 # Keep the most confident predictions; the cosine schedule says how many frames stay masked.
                 still_masked = (total * cosine_mask_ratio((step + 1) / steps)).floor().long().to(total.device)
                 still_masked = torch.minimum(still_masked, unknown.sum(-1) - 1).clamp(min=0)
-                rank = confidence.masked_fill(~unknown, float("inf")).argsort(dim=-1, stable=True).argsort(dim=-1, stable=True)
+                order = confidence.masked_fill(~unknown, float("inf")).argsort(dim=-1, stable=True)
+                rank = order.argsort(dim=-1, stable=True)
                 remask = unknown & (rank < still_masked[:, None])
                 codes[:, level] = torch.where(unknown & ~remask, chosen, codes[:, level])
                 unknown = remask

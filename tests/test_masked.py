@@ -275,3 +275,23 @@ def test_model_card_documents_masked_decoding_and_its_example_runs():
     assert scope["out"].audio_codes.shape == (1, model.config.num_codebooks, math.ceil(0.2 * model.config.frame_rate))
     assert "This model has a masked decoder (1 transformer layers)" in card
     assert "c3llm train --stage 3" in render_model_card(build_tiny(seed=0)[0].config).text
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(None, None), (5, None), (None, 0.7), (5, 0.8)])
+def test_sample_codes_draws_from_the_warped_distribution(top_k, top_p):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from modeling_c3llm.generation_c3llm import sample_codes
+
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]).log_softmax(-1)
+    warped = TemperatureLogitsWarper(0.7)(None, logits[None].clone())
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    expected = warped[0].softmax(-1)
+    torch.manual_seed(0)
+    chosen, confidence = sample_codes(logits.expand(1, 40000, -1), 0.7, top_k, top_p)
+    frequencies = torch.bincount(chosen.flatten(), minlength=8) / chosen.numel()
+    torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
+    torch.testing.assert_close(confidence[0], expected[chosen[0]])
