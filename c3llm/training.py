@@ -421,7 +421,9 @@ class C3LLMTrainer(Trainer):
             self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, use_cache=False)
+        # Stage 3 needs the prompts' hidden states only: the model skips the targets, the logits and the other losses.
+        only = {"masked_loss_only": True} if self.objective == "masked_loss" else {}
+        outputs = model(**inputs, use_cache=False, **only)
         loss = getattr(outputs, self.objective)
         if loss is None:
             raise ValueError(

@@ -83,6 +83,30 @@ class AllowedTokensLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(disallowed[: scores.shape[-1]], float("-inf"))
 
 
+class AudioSamplingLogitsProcessor(LogitsProcessor):
+    r"""
+    Samples each step's audio token itself, among the vocabulary span that holds the acoustic codes and `</Audio>`,
+    with `sample_codes` (temperature, top-k, top-p: the distribution of transformers' warpers), and leaves only the
+    drawn token finite, so that `generate` runs greedy and its argmax takes it. Sampling over the full vocabulary
+    (the text tokens too, all `-inf` for audio) costs time in proportion to its size at every step: 33k ids in the
+    benchmark, 256k for Gemma.
+
+    Args:
+        start (`int`), stop (`int`): the span `[start, stop)` of ids to sample from.
+        temperature (`float`), top_k (`int`, *optional*), top_p (`float`, *optional*): as in `GenerationConfig`.
+    """
+
+    def __init__(self, start: int, stop: int, temperature: float, top_k: int | None, top_p: float | None):
+        self.start, self.stop = start, stop
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        span = scores[:, None, self.start : self.stop].float()
+        chosen, _ = sample_codes(span, self.temperature, self.top_k, self.top_p)
+        drawn = torch.full_like(scores, float("-inf"))
+        return drawn.scatter_(1, chosen + self.start, 0.0)
+
+
 class NegativePromptGuidanceLogitsProcessor(UnbatchedClassifierFreeGuidanceLogitsProcessor):
     r"""
     [`UnbatchedClassifierFreeGuidanceLogitsProcessor`] whose negative prompts may hold audio, video or image
@@ -362,6 +386,7 @@ class C3LLMGenerationMixin(GenerationMixin):
             )  # fmt: skip
 
         config = self.config
+        sampler = None
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
             kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
         if output_audio:
@@ -370,6 +395,7 @@ class C3LLMGenerationMixin(GenerationMixin):
             kwargs.update(self._audio_length_kwargs(audio_length_in_s, kwargs))
             kwargs["eos_token_id"] = config.audio_end_token_id
             kwargs["audio_logits_only"] = True
+            sampler = self._audio_sampler(kwargs)
             if guidance_scale is None:
                 guidance_scale = self._generation_setting(kwargs, "guidance_scale")
         else:
@@ -402,6 +428,8 @@ class C3LLMGenerationMixin(GenerationMixin):
                 )
             )
         processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
+        if sampler is not None:
+            processors.append(sampler)  # last: it draws the token that generate's greedy step then takes
         generated = super().generate(
             input_ids=input_ids,
             inputs_embeds=inputs_embeds,
@@ -428,6 +456,26 @@ class C3LLMGenerationMixin(GenerationMixin):
         return C3LLMAudioGenerationOutput(
             audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
         )
+
+    def _audio_sampler(self, kwargs: dict[str, Any]) -> AudioSamplingLogitsProcessor | None:
+        """For sampled audio with one candidate per prompt and only temperature, top-k and top-p: the processor that
+        samples over the audio span (and `kwargs` switched to greedy so that generate takes its token); else `None`,
+        and generate samples over the whole vocabulary."""
+        if not self._generation_setting(kwargs, "do_sample"):
+            return None
+        others = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "num_return_sequences", "num_beams")
+        if any((self._generation_setting(kwargs, name) or 1) not in (1, 1.0) for name in others):
+            return None
+        if self._generation_setting(kwargs, "output_scores"):
+            return None  # the scores generate returns stay the warped distribution
+        config = self.config
+        sampler = AudioSamplingLogitsProcessor(
+            config.acoustic_token_offset, config.audio_end_token_id + 1,
+            self._generation_setting(kwargs, "temperature") or 1.0, self._generation_setting(kwargs, "top_k"),
+            self._generation_setting(kwargs, "top_p"),
+        )  # fmt: skip
+        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+        return sampler
 
     def _decoding(
         self, decoding: str | None, decoding_steps: int | None, output_audio: bool, kwargs: dict[str, Any]
@@ -623,6 +671,7 @@ class C3LLMGenerationMixin(GenerationMixin):
 
 __all__ = [
     "AllowedTokensLogitsProcessor",
+    "AudioSamplingLogitsProcessor",
     "cosine_mask_ratio",
     "C3LLMAudioGenerationOutput",
     "C3LLMGenerationMixin",

@@ -211,12 +211,27 @@ class C3LLMMaskedDecoder(C3LLMCodesTransformer):
         self.level_embeddings = nn.Embedding(levels, self.hidden_size)
         self.heads = nn.ModuleList(nn.Linear(self.hidden_size, config.codebook_size) for _ in range(levels))
 
-    def forward(
+    def hidden_states(
         self,
         condition_states: torch.Tensor,
         condition_mask: torch.Tensor,
         codes: torch.LongTensor,
         level: int | torch.LongTensor,
+        frames_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The frames' final hidden states `(batch, frames, hidden)`, before the output head of `level`."""
+        codes = codes.masked_fill(codes < 0, self.mask_id)
+        acoustic = sum(embedding(codes[:, j]) for j, embedding in enumerate(self.code_embeddings))
+        level = torch.as_tensor(level, device=codes.device).expand(codes.shape[0])
+        acoustic = acoustic + self.level_embeddings(level)[:, None, :]
+        return self.encode(condition_states, condition_mask, acoustic, frames_mask)
+
+    def forward(
+        self,
+        condition_states: torch.Tensor,
+        condition_mask: torch.Tensor,
+        codes: torch.LongTensor,
+        level: int,
         frames_mask: torch.Tensor,
     ) -> torch.Tensor:
         r"""
@@ -225,24 +240,13 @@ class C3LLMMaskedDecoder(C3LLMCodesTransformer):
                 of the prompt.
             condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions are real.
             codes (`torch.LongTensor` of shape `(batch, num_codebooks, frames)`): known codes, negative where masked.
-            level (`int` or `torch.LongTensor` of shape `(batch,)`): the codebook (0-based) to predict, per example.
+            level (`int`): the codebook (0-based) to predict.
             frames_mask (`torch.BoolTensor` of shape `(batch, frames)`): which frames are real.
 
         Returns:
             `torch.Tensor` of shape `(batch, frames, codebook_size)`: logits of codebook `level`.
         """
-        codes = codes.masked_fill(codes < 0, self.mask_id)
-        acoustic = sum(embedding(codes[:, j]) for j, embedding in enumerate(self.code_embeddings))
-        level = torch.as_tensor(level, device=codes.device).expand(codes.shape[0])
-        acoustic = acoustic + self.level_embeddings(level)[:, None, :]
-        hidden_states = self.encode(condition_states, condition_mask, acoustic, frames_mask)
-        if bool((level == level[0]).all()):
-            return self.heads[int(level[0])](hidden_states)
-        logits = hidden_states.new_empty(*hidden_states.shape[:2], self.heads[0].out_features)
-        for value in level.unique().tolist():
-            rows = level == value
-            logits[rows] = self.heads[value](hidden_states[rows])
-        return logits
+        return self.heads[level](self.hidden_states(condition_states, condition_mask, codes, level, frames_mask))
 
 
 class C3LLMPreTrainedModel(PreTrainedModel):
@@ -556,11 +560,18 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         levels = torch.arange(audio_codes.shape[1], device=audio_codes.device)[None, :, None]
         chosen = level.to(audio_codes.device)[:, None, None]
         hidden = (levels > chosen) | ((levels == chosen) & token_mask[:, None, :])
-        logits = self.masked_decoder(
+        states = self.masked_decoder.hidden_states(
             condition_states, condition_mask, audio_codes.masked_fill(hidden, -1), level, frames_mask
         )
-        targets = audio_codes.gather(1, chosen.expand(-1, 1, audio_codes.shape[-1]))[:, 0]
-        return F.cross_entropy(logits[token_mask].float(), targets[token_mask])
+        # The output heads run on the masked frames only, each example's on its own codebook.
+        targets = audio_codes.gather(1, chosen.expand(-1, 1, audio_codes.shape[-1]))[:, 0][token_mask]
+        states, frame_levels = states[token_mask], level[:, None].expand_as(token_mask)[token_mask]
+        loss = states.new_zeros((), dtype=torch.float32)
+        for value in frame_levels.unique().tolist():
+            rows = frame_levels == value
+            logits = self.masked_decoder.heads[value](states[rows]).float()
+            loss = loss + F.cross_entropy(logits, targets[rows], reduction="sum")
+        return loss / len(targets)
 
     def prompt_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The LLM's final hidden states of left-padded prompts `(batch, length, hidden)`: the masked decoder's
@@ -589,6 +600,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         audio_logits_only: bool = False,
+        masked_loss_only: bool = False,
         **kwargs,
     ) -> C3LLMOutputWithPast:
         r"""
@@ -614,6 +626,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             Computes only the logits audio generation can sample (the acoustic codes and `</Audio>`); the others are
             `-inf`. `generate` sets it for audio outputs, where a large text vocabulary would otherwise make the
             output layer a large share of every step. Not for training (`labels`).
+        masked_loss_only (`bool`, *optional*, defaults to `False`):
+            Computes the masked decoder's loss alone (`c3llm train --stage 3`): the LLM runs over the prompts only
+            (up to the first target position; with causal attention their states are those of the whole sequence),
+            without logits or other losses. Needs `labels` and `audio_codes`.
         """
         train_masked = (
             audio_codes is not None and labels is not None and self.masked_decoder is not None
@@ -634,6 +650,8 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
                 video_features=video_features,
                 video_frames_mask=video_frames_mask,
             )
+        if masked_loss_only:
+            return self._masked_loss_only(inputs_embeds, attention_mask, labels, audio_codes)
         batch, length = inputs_embeds.shape[:2]
         if position_ids is None and attention_mask is not None:
             # Left padding: positions count real tokens only, so padded and unpadded prompts see the same positions.
@@ -682,6 +700,29 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, masked_loss=masked_loss, logits=logits,
             past_key_values=outputs.past_key_values,
         )
+
+    def _masked_loss_only(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        audio_codes: torch.LongTensor | None,
+    ) -> C3LLMOutputWithPast:
+        """`forward(masked_loss_only=True)`: the masked loss from one LLM pass over the prompt positions."""
+        if labels is None or audio_codes is None or self.masked_decoder is None:
+            raise ValueError("masked_loss_only needs a masked decoder, `labels` and `audio_codes`.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(labels)
+        has_audio = (audio_codes[:, 0] >= 0).any(-1)
+        if not has_audio.any():
+            return C3LLMOutputWithPast()
+        targets = labels != -100
+        first_target = torch.where(targets.any(-1), targets.long().argmax(-1), labels.shape[1])
+        cut = int(first_target[has_audio].max())
+        states = self.prompt_states(inputs_embeds[has_audio, :cut], attention_mask[has_audio, :cut])
+        condition_mask = (attention_mask.bool() & ~targets)[has_audio, :cut]
+        loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])
+        return C3LLMOutputWithPast(loss=loss, masked_loss=loss)
 
     # ---- audio logits ------------------------------------------------------------------------------------------
     def _audio_logits(self, hidden_states: torch.Tensor, weight: torch.Tensor, logits_to_keep) -> torch.Tensor:

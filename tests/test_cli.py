@@ -96,7 +96,7 @@ HELP_FLAGS = {
     ],
     "tour": ["--out", "--seconds", "--seed"],
     "demo": ["--out", "--train-clips", "--video-clips", "--neutral-clips", "--test-clips", "--steps", "--batch-size",
-             "--learning-rate", "--condition-dropout", "--guidance-scale", "--masked-layers", "--masked-steps",
+             "--learning-rate", "--condition-dropout", "--guidance-scale", "--masked-layers", "--masked-train-steps", "--masked-steps", "--masked-tasks",
              "--workers", "--seed", "--codec"],
     "synthfoley": ["--out", "--train", "--test", "--video-train", "--neutral-train", "--seed", "--workers"],
     "eval": ["--model", "--dataset", "--data-dir", "--split", "--tasks", "--out", "--max-clips", "--batch-size",

@@ -28,7 +28,7 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "c3llm.cli", "demo", "--out", str(out), "--train-clips", "12", "--video-clips", "8",
          "--neutral-clips", "6", "--test-clips", "4", "--steps", "8", "--batch-size", "4", "--workers", "1",
-         "--masked-steps", "4", "1"],
+         "--masked-steps", "4", "1", "--masked-train-steps", "3"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,15 +43,15 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         if "video" in TASKS[task].inputs and TASKS[task].output == "audio":
             assert {"onset_f1", "onset_f1_mismatched", "onset_precision", "onset_recall", "onset_accuracy",
                     "onset_ap"} <= set(scores)  # fmt: skip
-    audio_tasks = {task for task, row in TASKS.items() if row.output == "audio"}
+    audio_tasks = {"text-to-audio", "video-to-audio"}  # the default --masked-tasks
     assert set(metrics["masked_decoding"]) == {"4", "1"}  # the audio tasks again, decoded by the masked decoder
     for steps, entry in metrics["masked_decoding"].items():
         assert entry["decoding_steps"] == int(steps) and set(entry["tasks"]) == audio_tasks
         assert 0.0 <= entry["tasks"]["text-to-audio"]["scores"]["class_sequence_exact"] <= 1.0
         assert "onset_f1" in entry["tasks"]["video-to-audio"]["scores"]
     assert "train_masked_loss" in metrics  # (none logged in 8 steps: the demo logs every 10)
-    assert set(metrics["timing_s"]) == {"data", "preprocessing", "training", "evaluation", "masked evaluation",
-                                        "report", "total"}  # fmt: skip
+    assert set(metrics["timing_s"]) == {"data", "preprocessing", "training", "masked training", "evaluation",
+                                        "masked evaluation", "report", "total"}  # fmt: skip
     details = json.loads((report / "details.json").read_text())
     for task in [*TASKS, *(f"{task} (masked, 4 steps)" for task in audio_tasks)]:
         assert len(details[task]) == 4
@@ -77,7 +77,7 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         "do_sample": True, "top_k": 20, "guidance_scale": 2.0, "audio_length_in_s": 2.0,
         "text_defaults": {"do_sample": False, "max_new_tokens": 24},
     }  # fmt: skip
-    assert "C3LLM demo finished" in result.stdout and "masked decoding in 4 steps" in result.stdout
+    assert "C3LLM demo finished" in result.stdout and "with masked decoding in 4 steps" in result.stdout
     assert (model / "model.safetensors").is_file() and json.loads((model / "config.json").read_text())[
         "masked_decoder_config"]["num_hidden_layers"] == 2  # fmt: skip
     for command in (f"c3llm generate --model {model}", f"c3llm eval --model {model}", f"c3llm push {model}"):

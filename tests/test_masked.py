@@ -295,3 +295,37 @@ def test_sample_codes_draws_from_the_warped_distribution(top_k, top_p):
     frequencies = torch.bincount(chosen.flatten(), minlength=8) / chosen.numel()
     torch.testing.assert_close(frequencies, expected, atol=0.01, rtol=0)
     torch.testing.assert_close(confidence[0], expected[chosen[0]])
+
+
+def test_autoregressive_audio_sampling_over_the_audio_span_keeps_the_distribution():
+    """generate draws each audio token over the acoustic span (AudioSamplingLogitsProcessor, then a greedy step):
+    the first token's frequencies match transformers' warpers over the full vocabulary."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper
+
+    model, processor = build_tiny(seed=5)
+    model.eval()
+    inputs = processor(text=["a dog barks"] * 400, task="text-to-audio")
+    torch.manual_seed(0)
+    out = model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=True, top_k=8, temperature=0.5)
+    drawn = out.sequences[:, -1] - model.config.acoustic_token_offset
+    logits = model(**processor(text=["a dog barks"], task="text-to-audio"), audio_logits_only=True).logits[:, -1]
+    logits[:, model.config.audio_end_token_id] = float("-inf")  # min_new_tokens=1
+    expected = TopKLogitsWarper(8)(None, TemperatureLogitsWarper(0.5)(None, logits)).softmax(-1)[0]
+    expected = expected[model.config.acoustic_token_offset : model.config.acoustic_token_offset + 1024]
+    support = expected.nonzero().flatten()
+    assert len(support) == 8 and set(drawn.tolist()) <= set(support.tolist())
+    frequencies = torch.bincount(drawn, minlength=1024)[support] / len(drawn)
+    torch.testing.assert_close(frequencies, expected[support], atol=0.06, rtol=0)
+
+
+def test_masked_loss_only_equals_the_full_forwards_masked_loss(sharp):
+    model, processor = sharp
+    codes = [np.random.default_rng(i).integers(0, 1024, size=(2, n)) for i, n in enumerate((7, 5, 6))]
+    batch = processor(text=["a dog barks loudly", "rain", "a chirp then a hum"], task="text-to-audio",
+                      audio_codes=codes)  # prompts and targets of different lengths: padded
+    torch.manual_seed(3)
+    full = model(**batch)
+    torch.manual_seed(3)
+    only = model(**batch, masked_loss_only=True)
+    torch.testing.assert_close(only.masked_loss, full.masked_loss)
+    assert only.loss is only.masked_loss and only.lm_loss is None and only.logits is None
