@@ -26,8 +26,8 @@ Part 2, masked decoding (``generate(decoding="masked", decoding_steps=N)``), for
 passes of the masked decoder over codebook 1 of every frame (75 frames per second of audio), one pass per finer
 codebook, EnCodec decoding.
 
-* The masked decoder is sized as in our demo: the LLM's hidden size, heads and MLP width and a quarter of its layers
-  (the demo: 1 layer beside a 4-layer LLM; ``--masked-layers``; with the default backbone 512 wide, 2 layers,
+* The masked decoder is sized as in our demo: the LLM's hidden size, heads and MLP width and half its layers
+  (the demo: 2 layers beside a 4-layer LLM; ``--masked-layers``; with the default backbone 512 wide, 4 layers,
   8 heads, MLP 2048).
 * musicgen (masked size): a second MusicGen whose decoder has the masked decoder's own layers, width, heads and MLP
   width (the same T5, codebooks and EnCodec config as above). Real MusicGen runs at 50 frames per second (32 kHz
@@ -166,7 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--masked-layers",
         type=int,
         default=None,
-        help="Layers of the masked decoder (default: a quarter of --layers, at least 1, the demo's rule); it always has "
+        help="Layers of the masked decoder (default: half of --layers, at least 1, the demo's rule); it always has "
         "the backbone's hidden size, heads and MLP width, and so has the masked-size MusicGen's decoder.",
     )
     masked.add_argument(
@@ -225,7 +225,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--audio-seconds must be comma-separated numbers, got {args.audio_seconds!r}")
     if args.masked_layers is None:
-        args.masked_layers = max(1, args.layers // 4)
+        args.masked_layers = max(1, args.layers // 2)
     for name in ("hidden_size", "layers", "heads", "kv_heads", "head_dim", "intermediate", "text_vocab", "tokens",
                  "repeats", "threads", "masked_layers", "musicgen_frame_rate", "profile_steps", "profile_top"):
         if getattr(args, name) < 1:
@@ -1320,7 +1320,7 @@ def main(argv=None) -> dict | None:
                 "num_hidden_layers": sizes.num_hidden_layers,
                 "num_attention_heads": sizes.num_attention_heads,
                 "intermediate_size": sizes.intermediate_size,
-                "rule": "the LLM's hidden size, heads and MLP width, a quarter of its layers (the demo's), unless --masked-layers",
+                "rule": "the LLM's hidden size, heads and MLP width, half its layers (the demo's), unless --masked-layers",
             },
             "musicgen_small_decoder": "the masked decoder's hidden size, layers, heads and MLP width",
             "musicgen_frame_rate": args.musicgen_frame_rate,

@@ -35,7 +35,7 @@ def build_config(args: argparse.Namespace, max_tokens: int, masked_layers: int |
     """The tiny config of conversion.build_c3llm with the text backbone replaced by one of the requested size;
     `max_tokens` is the longest sequence (prompt and audio tokens) the benchmark runs. With `masked_layers`, the model
     also gets the masked decoder of `generate(decoding="masked")`, sized as in the demo (`tiny_config`): the
-    backbone's hidden size, heads and MLP width, `masked_layers` layers (the demo's rule is a quarter of the LLM's)."""
+    backbone's hidden size, heads and MLP width, `masked_layers` layers (the demo's rule is half the LLM's)."""
     tiny = tiny_config(text_vocab_size=args.text_vocab)
     text = GemmaConfig(
         vocab_size=args.text_vocab,
