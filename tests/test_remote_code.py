@@ -22,6 +22,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModel, AutoProcessor
 from transformers.dynamic_module_utils import get_imports
 
+from conversion.build_c3llm import build_tiny
 from processing_c3llm.media_c3llm import (
     DeferredImageProcessor,
     MissingMediaPackageError,
@@ -144,6 +145,9 @@ BARE_SCRIPT = textwrap.dedent(
                            do_sample=False)
     result["audio_shape"] = list(audio.audio.shape)
     result["waveform"] = processor.decode_audio(audio)[0].tolist()
+    masked = model.generate(**processor(text="a dog barks", task="text-to-audio"), audio_length_in_s=0.4,
+                            do_sample=False, decoding="masked", decoding_steps=4)
+    result["masked_codes"] = masked.audio_codes.tolist()
     rate = processor.feature_extractor.sampling_rate
     t = np.arange(rate) / rate
     array = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(0).standard_normal(rate))
@@ -193,7 +197,9 @@ def bare_python(request) -> Path:
 
 
 @pytest.mark.slow
-def test_text_and_in_memory_audio_run_in_a_bare_environment(bare_python, tiny_folder, tmp_path):
+def test_text_and_in_memory_audio_run_in_a_bare_environment(bare_python, tmp_path):
+    tiny_folder = tmp_path / "model"  # the tiny model with a masked decoder, which travels as remote code too
+    build_tiny(tiny_folder, seed=0, masked_num_layers=1)
     video_file = tmp_path / "clip.mp4"
     video_file.write_bytes(b"\x00" * 64)  # never decoded: PyAV is missing
     work = tmp_path / "work"  # the cwd: the repository's packages are not importable from it
@@ -223,6 +229,9 @@ def test_text_and_in_memory_audio_run_in_a_bare_environment(bare_python, tiny_fo
     waveform = np.array(result["waveform"], dtype=np.float32)
     assert waveform.shape == (1, 9600) and np.isfinite(waveform).all() and np.abs(waveform).max() > 0
     np.testing.assert_allclose(waveform, processor.decode_audio(audio)[0], atol=1e-5)
+    masked = model.generate(**processor(text="a dog barks", task="text-to-audio"), audio_length_in_s=0.4,
+                            do_sample=False, decoding="masked", decoding_steps=4)  # fmt: skip
+    assert result["masked_codes"] == masked.audio_codes.tolist()
     rate = processor.feature_extractor.sampling_rate
     t = np.arange(rate) / rate
     array = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.05 * np.random.default_rng(0).standard_normal(rate))

@@ -284,8 +284,10 @@ def test_stage1_overfits_and_logs_losses_separately(stage1):
     assert losses[-1] < 4.0
     train = [r for r in history if "loss" in r]
     assert all(r["lm_loss"] == pytest.approx(r["loss"], abs=1e-4) for r in train)  # NAR weight 0: Eq. 1 only
-    nar = {round(r["nar_loss"], 4) for r in train}
-    assert len(nar) == 1  # the frozen NAR head's loss never moves
+    nar = [r["nar_loss"] for r in train]
+    # The frozen NAR head's loss does not train; it drifts by ~1e-5 only because its condition holds the outputs of the
+    # trained projectors. (A set of values rounded to 4 decimals failed when the drift crossed a rounding boundary.)
+    assert max(nar) - min(nar) < 1e-3
     evals = [r for r in history if "eval_loss" in r]
     assert len(evals) >= 2 and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert {"eval_lm_loss", "eval_nar_loss"} <= set(evals[-1])
