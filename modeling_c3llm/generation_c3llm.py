@@ -22,6 +22,7 @@ from .configuration_c3llm import C3LLMConfig
 # How `generate` produces audio: the LLM's codes one frame per step (the paper's), or the masked decoder filling every
 # frame in a few parallel steps (VATT's; needs a model with a masked decoder).
 DECODINGS = ("autoregressive", "masked")
+DEFAULT_DECODING_STEPS = 16  # iterations of masked decoding over codebook 1
 # The generation parameters masked decoding reads; other keywords are for the autoregressive loop only.
 MASKED_DECODING_PARAMETERS = ("do_sample", "temperature", "top_k", "top_p", "num_return_sequences", "max_new_tokens")
 
@@ -202,7 +203,7 @@ class C3LLMGenerationMixin(GenerationMixin):
             max_new_tokens=int(config.max_audio_seconds * config.frame_rate),
             text_defaults={"do_sample": False, "max_new_tokens": 32},
             decoding="autoregressive",
-            decoding_steps=16,
+            decoding_steps=DEFAULT_DECODING_STEPS,
         )
 
     def _vocabulary_mask(self, audio: bool) -> torch.BoolTensor:
@@ -390,14 +391,11 @@ class C3LLMGenerationMixin(GenerationMixin):
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
             kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
         if output_audio:
-            if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens"):
-                audio_length_in_s = self._generation_setting(kwargs, "audio_length_in_s")
+            audio_length_in_s, guidance_scale = self._audio_defaults(audio_length_in_s, guidance_scale, kwargs)
             kwargs.update(self._audio_length_kwargs(audio_length_in_s, kwargs))
             kwargs["eos_token_id"] = config.audio_end_token_id
             kwargs["audio_logits_only"] = True
             sampler = self._audio_sampler(kwargs)
-            if guidance_scale is None:
-                guidance_scale = self._generation_setting(kwargs, "guidance_scale")
         else:
             if audio_length_in_s is not None:
                 raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
@@ -446,16 +444,37 @@ class C3LLMGenerationMixin(GenerationMixin):
         condition_embeds = inputs_embeds.repeat_interleave(candidates, dim=0)
         condition_mask = attention_mask.bool().repeat_interleave(candidates, dim=0)
         codes = self.generate_fine_codes(coarse, frames_mask, condition_embeds, condition_mask)
+        return self._audio_output(codes, frames_mask, audio_length_in_s, sequences)
+
+    def _audio_defaults(
+        self, audio_length_in_s: float | None, guidance_scale: float | None, kwargs: dict[str, Any]
+    ) -> tuple[float | None, float | None]:
+        """The audio length and guidance of this call: the caller's, else `generation_config`'s (no default length
+        when the caller bounds the output with `max_new_tokens`)."""
+        if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens"):
+            audio_length_in_s = self._generation_setting(kwargs, "audio_length_in_s")
+        if guidance_scale is None:
+            guidance_scale = self._generation_setting(kwargs, "guidance_scale")
+        return audio_length_in_s, guidance_scale
+
+    def _audio_output(
+        self,
+        codes: torch.LongTensor,
+        frames_mask: torch.BoolTensor,
+        audio_length_in_s: float | None,
+        sequences: torch.LongTensor,
+    ) -> C3LLMAudioGenerationOutput:
+        """EnCodec decoding of `codes`, trimmed to `audio_length_in_s`; codes `-1` after each clip's last frame."""
+        config = self.config
         audio = self.decode_audio(codes, frames_mask)
         lengths = frames_mask.long().sum(-1) * config.hop_length
         if audio_length_in_s is not None:
             target = round(audio_length_in_s * config.sampling_rate)
-            audio = audio[..., :target]
-            lengths = lengths.clamp(max=target)
-        codes = codes.masked_fill(~frames_mask[:, None, :], -1)
+            audio, lengths = audio[..., :target], lengths.clamp(max=target)
         return C3LLMAudioGenerationOutput(
-            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
-        )
+            audio=audio, audio_codes=codes.masked_fill(~frames_mask[:, None, :], -1), audio_lengths=lengths,
+            sampling_rate=config.sampling_rate, sequences=sequences,
+        )  # fmt: skip
 
     def _audio_sampler(self, kwargs: dict[str, Any]) -> AudioSamplingLogitsProcessor | None:
         """For sampled audio with one candidate per prompt and only temperature, top-k and top-p: the processor that
@@ -484,7 +503,7 @@ class C3LLMGenerationMixin(GenerationMixin):
         steps_given = decoding_steps is not None
         decoding = decoding if decoding is not None else self._generation_setting(kwargs, "decoding") or DECODINGS[0]
         if decoding_steps is None:
-            decoding_steps = self._generation_setting(kwargs, "decoding_steps") or 16
+            decoding_steps = self._generation_setting(kwargs, "decoding_steps") or DEFAULT_DECODING_STEPS
         if decoding not in DECODINGS:
             raise ValueError(f"Unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}.")
         if isinstance(decoding_steps, bool) or not isinstance(decoding_steps, int) or decoding_steps < 1:
@@ -524,11 +543,8 @@ class C3LLMGenerationMixin(GenerationMixin):
         if unsupported:
             raise ValueError(f"decoding='masked' does not take {unsupported}; they apply to autoregressive decoding.")
         settings = {name: self._generation_setting(kwargs, name) for name in MASKED_DECODING_PARAMETERS}
-        if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens"):
-            audio_length_in_s = self._generation_setting(kwargs, "audio_length_in_s")
+        audio_length_in_s, guidance_scale = self._audio_defaults(audio_length_in_s, guidance_scale, kwargs)
         frames = self._audio_length_kwargs(audio_length_in_s, kwargs).get("max_new_tokens") or settings["max_new_tokens"]
-        if guidance_scale is None:
-            guidance_scale = self._generation_setting(kwargs, "guidance_scale")
         context = getattr(config.text_config, "max_position_embeddings", None)
         if context is not None and input_ids.shape[1] > context:
             raise ValueError(f"The prompt ({input_ids.shape[1]} tokens) exceeds the model's context of {context}.")
@@ -553,15 +569,8 @@ class C3LLMGenerationMixin(GenerationMixin):
             top_k=settings["top_k"], top_p=settings["top_p"], guidance_scale=guidance_scale,
             negative_states=negative_states, negative_mask=negative_mask,
         )  # fmt: skip
-        audio = self.decode_audio(codes)
-        lengths = torch.full((rows,), frames * config.hop_length, device=audio.device)
-        if audio_length_in_s is not None:
-            target = round(audio_length_in_s * config.sampling_rate)
-            audio, lengths = audio[..., :target], lengths.clamp(max=target)
         sequences = torch.cat([input_ids.repeat_interleave(copies, dim=0), codes[:, 0] + config.acoustic_token_offset], 1)
-        return C3LLMAudioGenerationOutput(
-            audio=audio, audio_codes=codes, audio_lengths=lengths, sampling_rate=config.sampling_rate, sequences=sequences
-        )
+        return self._audio_output(codes, torch.ones_like(codes[:, 0], dtype=torch.bool), audio_length_in_s, sequences)
 
     @torch.no_grad()
     def masked_decode(
@@ -570,7 +579,7 @@ class C3LLMGenerationMixin(GenerationMixin):
         condition_mask: torch.BoolTensor,
         codes: torch.LongTensor,
         frames_mask: torch.BoolTensor | None = None,
-        decoding_steps: int = 16,
+        decoding_steps: int = DEFAULT_DECODING_STEPS,
         do_sample: bool = True,
         temperature: float | None = 1.0,
         top_k: int | None = None,
