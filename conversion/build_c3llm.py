@@ -74,6 +74,7 @@ def make_processor(config: C3LLMConfig, tokenizer, feature_extractor, codec_feat
         num_image_tokens=config.num_image_tokens,
         video_fps=config.video_fps,
         video_num_frames=config.video_num_frames,
+        max_video_seconds=config.max_generation_seconds,
         video_feature_size=config.video_feature_size,
         num_codebooks=config.num_codebooks,
         codebook_size=config.codebook_size,

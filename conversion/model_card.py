@@ -19,7 +19,8 @@ from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, Task
 TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 MODEL_NAME = "C3LLM"
 # Example value of each processor argument in the card's snippets (the card's tests provide these files).
-EXAMPLE_VALUES = {"text": '"a dog barks"', "audio": '"clip.wav"', "videos": '"clip.mp4"', "images": '"photo.png"'}
+EXAMPLE_VALUES = {"text": '"a dog barks"', "audio": '"clip.wav"', "videos": '"clip.mp4"', "images": '"photo.png"',
+                  "audio_prompt_codes": 'model.encode_audio(**processor.prepare_audio_target("clip.wav"))[0]'}
 OUTPUT_CODE = {
     "audio": """\
 out = model.generate(**inputs, audio_length_in_s=2.0, do_sample=True)

@@ -110,7 +110,10 @@ class C3LLMConfig(PreTrainedConfig):
         video_num_frames (`int`, *optional*, defaults to 50): Maximum frames per clip.
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`): Activation of the projector MLPs.
         projector_hidden_size (`int`, *optional*): Hidden width of the projector MLPs (defaults to the LLM's).
-        max_audio_seconds (`float`, *optional*, defaults to 10.0): Longest audio `generate` produces by default.
+        max_audio_seconds (`float`, *optional*, defaults to 10.0): The training clips' length: the longest audio
+            `generate` produces by default, and the window of long-form generation beyond it.
+        max_generation_seconds (`float`, *optional*, defaults to 600.0): The longest audio `generate` produces in
+            windows (and the longest video a prompt keeps).
         nar_loss_weight (`float`, *optional*, defaults to 1.0): Weight of the NAR loss (Eq. 2) in the total loss.
         masked_loss_weight (`float`, *optional*, defaults to 1.0): Weight of the masked decoder's loss in the total loss.
     """
@@ -140,6 +143,7 @@ class C3LLMConfig(PreTrainedConfig):
         projector_hidden_act: str = "gelu",
         projector_hidden_size: int | None = None,
         max_audio_seconds: float = 10.0,
+        max_generation_seconds: float = 600.0,
         nar_loss_weight: float = 1.0,
         masked_loss_weight: float = 1.0,
         **kwargs,
@@ -180,6 +184,7 @@ class C3LLMConfig(PreTrainedConfig):
         self.projector_hidden_act = projector_hidden_act
         self.projector_hidden_size = projector_hidden_size or self.text_config.hidden_size
         self.max_audio_seconds = float(max_audio_seconds)
+        self.max_generation_seconds = float(max_generation_seconds)
         self.nar_loss_weight = nar_loss_weight
         self.masked_loss_weight = masked_loss_weight
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))

@@ -32,15 +32,16 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Task:
     """One task, declared once: the inputs its prompt takes (kinds of `INPUT_ARGUMENTS`), its output ("audio" or
-    "text"), a one-line description, and for a text output the instruction that ends its prompt. Everything else
-    (the processor's checks, the CLI's flags, training, evaluation, the model card) reads these rows, so a task over
-    existing inputs is one new row."""
+    "text"), a one-line description, for a text output the instruction that ends its prompt, and the inputs it may
+    take besides (`optional`). Everything else (the processor's checks, the CLI's flags, training, evaluation, the
+    model card) reads these rows, so a task over existing inputs is one new row."""
 
     name: str
     inputs: tuple[str, ...]
     output: str
     description: str = ""
     prompt: str | None = None
+    optional: tuple[str, ...] = ()
 
 
 TASKS: dict[str, Task] = {
@@ -55,10 +56,17 @@ TASKS: dict[str, Task] = {
              "A video plus a text prompt that steers the sound (VATT)."),
         Task("image-to-audio", ("image",), "audio", "An image in, a matching sound out (EGMI)."),
         Task("image-text-to-audio", ("image", "text"), "audio", "An image plus a text prompt (EGMI)."),
+        Task("audio-continuation", ("audio_prompt",), "audio",
+             "Continue an audio prompt, optionally steered by a text (MusicGen-style continuation).",
+             optional=("text",)),
+        Task("video-text-audio-to-audio", ("video", "text", "audio_prompt"), "audio",
+             "Several conditions at once: continue an audio prompt in sync with a video, steered by a text."),
     )
 }  # fmt: skip
 # Each input kind -> the processor arguments that can carry it (one per example): `video_features` replaces `videos`.
-INPUT_ARGUMENTS = {"text": ("text",), "audio": ("audio",), "video": ("videos", "video_features"), "image": ("images",)}
+# `audio_prompt_codes` are the EnCodec codes `(num_codebooks, frames)` of an audio prompt that the output continues.
+INPUT_ARGUMENTS = {"text": ("text",), "audio": ("audio",), "video": ("videos", "video_features"), "image": ("images",),
+                   "audio_prompt": ("audio_prompt_codes",)}
 DEFAULT_TASK_PROMPTS = {task.name: task.prompt for task in TASKS.values() if task.prompt}
 ACOUSTIC_TOKEN = "<|a_{}|>"
 # The strings of the C3LLM special tokens, declared here only. The model knows them by role, never by string: its config
@@ -96,7 +104,7 @@ def check_task_inputs(task: str, given) -> Task:
         if not present[kind]:
             raise ValueError(f"Task {task!r} needs {_quoted(INPUT_ARGUMENTS[kind])}.")
     for kind, names in present.items():
-        if names and kind not in row.inputs:
+        if names and kind not in row.inputs + row.optional:
             variants = [t.name for t in TASKS.values() if t.output == row.output and set(t.inputs) == {*row.inputs, kind}]
             hint = f" (use {' or '.join(map(repr, variants))} for that)" if variants else ""
             raise ValueError(f"Task {task!r} does not take {_quoted(names)}{hint}; it takes "
@@ -108,7 +116,7 @@ def _given(example: dict[str, Any]) -> set[str]:
     """The processor arguments with a value in one example of `__call__` (which names `videos` and `images` in the
     singular)."""
     singular = {"video": "videos", "image": "images"}
-    names = {"text", "audio", "video", "video_features", "image"}
+    names = {"text", "audio", "video", "video_features", "image", "audio_prompt_codes"}
     return {singular.get(name, name) for name, value in example.items() if name in names and value is not None}
 
 
@@ -144,7 +152,9 @@ class C3LLMProcessor(ProcessorMixin):
         num_audio_tokens (`int`): CLAP feature frames per audio clip (placeholders per audio).
         num_image_tokens (`int`): Vision-encoder tokens per image.
         video_fps (`float`): Rate at which video frames are sampled.
-        video_num_frames (`int`): Maximum frames per clip.
+        video_num_frames (`int`): Frames per clip: the frames of a text-output or training prompt, and of each window
+            of long-form audio (`generate` windows a longer video).
+        max_video_seconds (`float`): The longest video an audio-output prompt keeps for long-form generation.
         video_feature_size (`int`): Width of precomputed per-frame video features.
         num_codebooks (`int`): Codebooks of an audio target.
         codebook_size (`int`): Codes per codebook.
@@ -162,6 +172,7 @@ class C3LLMProcessor(ProcessorMixin):
         video_fps: float = 5.0,
         video_num_frames: int = 50,
         video_feature_size: int = 1536,
+        max_video_seconds: float = 600.0,  # (the config's `max_generation_seconds`, which `c3llm build` passes)
         num_codebooks: int = 2,
         codebook_size: int = 1024,
         task_prompts: dict[str, str] | None = None,
@@ -171,6 +182,7 @@ class C3LLMProcessor(ProcessorMixin):
         self.num_image_tokens = num_image_tokens
         self.video_fps = float(video_fps)
         self.video_num_frames = video_num_frames
+        self.max_video_seconds = float(max_video_seconds)
         self.video_feature_size = video_feature_size
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
@@ -199,6 +211,7 @@ class C3LLMProcessor(ProcessorMixin):
         video_features: Any = None,
         text_target: str | list[str] | None = None,
         audio_codes: Any = None,
+        audio_prompt_codes: Any = None,
         drop_condition: bool | list[bool] | None = None,
         negative_prompt: str | list[str | None] | None = None,
         return_tensors: str | None = "pt",
@@ -219,6 +232,11 @@ class C3LLMProcessor(ProcessorMixin):
             text_target: Captions to learn (text-output tasks).
             audio_codes: EnCodec codes `(num_codebooks, frames)` to learn (audio-output tasks), e.g. from
                 `C3LLMForConditionalGeneration.encode_audio`.
+            audio_prompt_codes: EnCodec codes `(num_codebooks, frames)` of an audio prompt to continue
+                (`audio-continuation`, `video-text-audio-to-audio`): its first codebook follows `<Audio>` as acoustic
+                tokens, and the output (and `audio_codes`, when training) is the audio after it. Without targets the
+                output holds `audio_prompt_codes` `(batch, num_codebooks, frames)`, left-padded with -1, for
+                `generate`, which decodes the new audio in one piece with the prompt.
             drop_condition: For audio-output examples: `True` replaces the prompt by `unconditional_prompt()` (the
                 condition dropout that classifier-free guidance trains with); one flag, or one per example.
             negative_prompt: Text that classifier-free guidance steers audio away from (`generate(guidance_scale=...)`),
@@ -235,6 +253,7 @@ class C3LLMProcessor(ProcessorMixin):
             "image": _as_batch(images, (np.ndarray, torch.Tensor)),
             "text_target": _as_batch(text_target, (str,)),
             "audio_codes": _as_batch(audio_codes, (np.ndarray, torch.Tensor)),
+            "audio_prompt_codes": _as_batch(audio_prompt_codes, (np.ndarray, torch.Tensor)),
         }
         sizes = {name: len(value) for name, value in inputs.items() if value is not None}
         if not sizes:
@@ -265,19 +284,27 @@ class C3LLMProcessor(ProcessorMixin):
         negative_sequences: list[list[int]] = []
 
         features: dict[str, list] = {"audio": [], "video": [], "video_features": [], "image": []}
-        sequences, labels, codes = [], [], []
+        sequences, labels, codes, prompt_codes = [], [], [], []
         for i, example_task in enumerate(tasks):
             example = {name: value[i] for name, value in inputs.items()}
             row = check_task_inputs(example_task, _given(example))
             if drop[i] and row.output != "audio":
                 raise ValueError(f"drop_condition applies to audio-output tasks only, not to {example_task!r}.")
+            # Condition dropout keeps the audio prompt: the unconditional prompt continues it, as guidance does.
+            # A video stays whole (up to max_video_seconds) in a prompt for audio, which `generate` windows.
+            long_video = row.output == "audio" and example["audio_codes"] is None
             prompt = self.unconditional_prompt() if drop[i] else self._prompt(
-                row, example, features, sampling_rate, video_fps
+                row, example, features, sampling_rate, video_fps, long_video
             )
+            known = self._codes(example["audio_prompt_codes"], "audio_prompt_codes")
+            known_tokens = [] if known is None else (known[0] + self.acoustic_token_offset).tolist()
             target, example_codes = self._target(row, inputs["text_target"][i], inputs["audio_codes"][i])
-            sequences.append(prompt + target)
-            labels.append([-100] * len(prompt) + target)
+            if known is not None and example_codes is not None:  # the NAR and masked losses see the whole clip
+                example_codes = np.concatenate([known, example_codes], axis=1)
+            sequences.append(prompt + known_tokens + target)
+            labels.append([-100] * (len(prompt) + len(known_tokens)) + target)
             codes.append(example_codes)
+            prompt_codes.append(known)
             if negatives is not None:
                 negative_sequences.append(self._negative_prompt(row, prompt, example["text"], negatives[i]))
 
@@ -286,6 +313,12 @@ class C3LLMProcessor(ProcessorMixin):
             raise ValueError("Give a target (text_target or audio_codes) for every example of a training batch, or none.")
         data = self._pad(sequences, labels if any(has_targets) else None, codes)
         data.update(self._encode_features(features))
+        if not any(has_targets) and any(known is not None for known in prompt_codes):
+            frames = max(len(known[0]) for known in prompt_codes if known is not None)
+            data["audio_prompt_codes"] = np.full((batch_size, self.num_codebooks, frames), -1, dtype=np.int64)
+            for i, known in enumerate(prompt_codes):
+                if known is not None:
+                    data["audio_prompt_codes"][i, :, frames - known.shape[1] :] = known
         if negatives is not None:
             negative = self._pad(negative_sequences, None, [None] * batch_size)
             data["negative_prompt_ids"] = negative["input_ids"]
@@ -306,7 +339,7 @@ class C3LLMProcessor(ProcessorMixin):
         if negative is None:
             return self.unconditional_prompt()
         # An audio task's prompt ends with its text, when it takes one, and <Audio>.
-        text_length = len(self._text_ids(text, "text prompt")) if "text" in row.inputs else 0
+        text_length = len(self._text_ids(text, "text prompt")) if text is not None else 0
         kept = prompt[: len(prompt) - 1 - text_length]
         return kept + self._text_ids(negative, "negative prompt") + [self.token_ids["audio_start"]]
 
@@ -322,6 +355,9 @@ class C3LLMProcessor(ProcessorMixin):
         for task in TASKS.values():
             if set(task.inputs) == kinds:
                 return task.name
+        for task in TASKS.values():
+            if set(task.inputs) <= kinds <= {*task.inputs, *task.optional}:
+                return task.name
         raise ValueError(f"No task takes the inputs {sorted(given)} of example {i} together; pass `task`.")
 
     def _text_ids(self, text: Any, what: str) -> list[int]:
@@ -330,17 +366,21 @@ class C3LLMProcessor(ProcessorMixin):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _prompt(
-        self, row: Task, example: dict[str, Any], features: dict[str, list], sampling_rate: int | None, fps: float | None
-    ) -> list[int]:
+        self, row: Task, example: dict[str, Any], features: dict[str, list], sampling_rate: int | None,
+        fps: float | None, long_video: bool = False,
+    ) -> list[int]:  # fmt: skip
         """The prompt of an example whose inputs `check_task_inputs` accepted for its task `row`."""
-        task, needs, output = row.name, row.inputs, row.output
+        given = _given(example)
+        optional = [kind for kind in row.optional if given & set(INPUT_ARGUMENTS[kind])]
+        task, needs, output = row.name, (*row.inputs, *optional), row.output
         ids = self.token_ids
         prompt = self._bos()
         if "audio" in needs:
             features["audio"].append(self._load_audio(example["audio"], sampling_rate))
             prompt += [ids["audio_start"]] + [ids["audio_feature"]] * self.num_audio_tokens + [ids["audio_end"]]
         if "video" in needs:
-            frames = self._add_video(example, features, fps)
+            limit = round(self.max_video_seconds * self.video_fps) if long_video else self.video_num_frames
+            frames = self._add_video(example, features, fps, limit)
             prompt += [ids["video_start"]] + [ids["video_frame"]] * frames + [ids["video_end"]]
         if "image" in needs:
             features["image"].append(load_image(example["image"]))
@@ -353,7 +393,9 @@ class C3LLMProcessor(ProcessorMixin):
             prompt += self._text_ids(self.task_prompts.get(task, row.prompt), f"task prompt of {task}")
         return prompt
 
-    def _add_video(self, example: dict[str, Any], features: dict[str, list], fps: float | None) -> int:
+    def _add_video(self, example: dict[str, Any], features: dict[str, list], fps: float | None, limit: int) -> int:
+        """Adds an example's video (frames sampled at `video_fps`, or its features), at most `limit` frames; returns
+        how many."""
         if example["video_features"] is not None:
             array = example["video_features"]
             array = np.asarray(array.detach().cpu().float() if hasattr(array, "detach") else array, dtype=np.float32)
@@ -364,14 +406,14 @@ class C3LLMProcessor(ProcessorMixin):
                 )
             if not np.isfinite(array).all():
                 raise ValueError("video_features contain NaN or inf values.")
-            features["video_features"].append(array[: self.video_num_frames])
-            return min(len(array), self.video_num_frames)
+            features["video_features"].append(array[:limit])
+            return min(len(array), limit)
         video = example["video"]
         if _is_path(video):
             frames, source_fps = load_video(video)
         else:
             frames, source_fps = validate_video(video), fps or self.video_fps
-        frames = sample_frames(frames, source_fps, self.video_fps, self.video_num_frames)
+        frames = sample_frames(frames, source_fps, self.video_fps, limit)
         features["video"].append(frames)
         return len(frames)
 
@@ -391,21 +433,30 @@ class C3LLMProcessor(ProcessorMixin):
             return self._text_ids(text_target, "text_target") + [self.tokenizer.eos_token_id], None
         if text_target is not None:
             raise ValueError(f"Task {task!r} produces audio; give `audio_codes`, not `text_target`.")
-        if audio_codes is None:
+        codes = self._codes(audio_codes, "audio_codes")
+        if codes is None:
             return [], None
-        codes = audio_codes.detach().cpu().numpy() if hasattr(audio_codes, "detach") else np.asarray(audio_codes)
+        return (codes[0] + self.acoustic_token_offset).tolist() + [self.token_ids["audio_end"]], codes
+
+    def _codes(self, codes: Any, name: str) -> np.ndarray | None:
+        """Checks EnCodec codes `(num_codebooks, frames>0)` of the model's codebooks; int64 or `None`."""
+        if codes is None:
+            return None
+        codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] != self.num_codebooks or codes.shape[1] == 0:
-            raise ValueError(f"audio_codes must have shape ({self.num_codebooks}, frames>0), got {codes.shape}.")
+            raise ValueError(f"{name} must have shape ({self.num_codebooks}, frames>0), got {codes.shape}.")
         if not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0 or codes.max() >= self.codebook_size:
-            raise ValueError(f"audio_codes must be integers in [0, {self.codebook_size}).")
-        target = (codes[0] + self.acoustic_token_offset).tolist() + [self.token_ids["audio_end"]]
-        return target, codes.astype(np.int64)
+            raise ValueError(f"{name} must be integers in [0, {self.codebook_size}); encode audio with the model's "
+                             "`encode_audio`.")  # fmt: skip
+        return codes.astype(np.int64)
 
     def _pad(self, sequences: list[list[int]], labels: list[list[int]] | None, codes: list) -> dict[str, np.ndarray]:
         """Left padding for every row, so prompts end at the same position for generation."""
         limit = self.tokenizer.model_max_length
+        frame_id = self.token_ids["video_frame"]
         for row in sequences:
-            if len(row) > limit:
+            # `generate` gives each window of a long video's audio `video_num_frames` of its frames.
+            if len(row) - max(0, row.count(frame_id) - self.video_num_frames) > limit:
                 raise ValueError(
                     f"A prompt has {len(row)} tokens, longer than the model's context of {limit}; shorten the text, "
                     "the video (fewer frames) or the target."
@@ -513,6 +564,7 @@ class C3LLMProcessor(ProcessorMixin):
             "flow_values_videos",
             "video_features",
             "video_frames_mask",
+            "audio_prompt_codes",
         ]
 
     # ---- loading: the image processor waits for the first image or video -------------------------------------------
