@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMultimodalLM, AutoMo
 
 from .configuration_c3llm import SPECIAL_TOKEN_ROLES, C3LLMConfig, C3LLMMaskedDecoderConfig, C3LLMNARConfig
 from .generation_c3llm import C3LLMAudioGenerationOutput
+from .streaming_c3llm import C3LLMAudioStreamer
 from .modeling_c3llm import C3LLMForConditionalGeneration, C3LLMOutputWithPast, C3LLMPreTrainedModel
 
 
@@ -18,6 +19,7 @@ C3LLMForConditionalGeneration.register_for_auto_class("AutoModel")
 
 __all__ = [
     "C3LLMAudioGenerationOutput",
+    "C3LLMAudioStreamer",
     "C3LLMConfig",
     "C3LLMForConditionalGeneration",
     "C3LLMMaskedDecoderConfig",

@@ -2,6 +2,8 @@
 the NAR codebooks and the per-output-kind generation defaults."""
 
 import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +15,20 @@ from transformers import (
     LogitsProcessorList,
     UnbatchedClassifierFreeGuidanceLogitsProcessor,
 )
+from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateOutput
 from transformers.utils import ModelOutput
 
 from .configuration_c3llm import C3LLMConfig
+from .streaming_c3llm import (
+    MIN_CHUNK_SECONDS,
+    AudioTimeline,
+    C3LLMAudioStreamer,
+    Window,
+    plan_windows,
+    slice_media,
+    window_grid,
+)
 
 
 # How `generate` produces audio: the LLM's codes one frame per step (the paper's), or the masked decoder filling every
@@ -170,6 +182,61 @@ def _caller_sets(kwargs: dict[str, Any], name: str) -> bool:
     return name in kwargs or getattr(kwargs.get("generation_config"), name, None) is not None
 
 
+@dataclass
+class AudioRequest:
+    """The arguments of one `generate` call for audio outputs (see `generate`)."""
+
+    input_ids: torch.LongTensor
+    attention_mask: torch.Tensor
+    features: dict[str, torch.Tensor]
+    audio_prompt_codes: torch.LongTensor | None
+    audio_length_in_s: float | None
+    guidance_scale: float | None
+    negative_prompt_ids: torch.LongTensor | None
+    negative_prompt_attention_mask: torch.Tensor | None
+    logits_processor: LogitsProcessorList | None
+    decoding: str
+    decoding_steps: int
+    window_context_in_s: float | None
+    streamer: BaseStreamer | None
+
+
+class CoarseCodesStream(BaseStreamer):
+    r"""
+    The token streamer of one autoregressive window when a [`C3LLMAudioStreamer`] listens: it collects the LLM's
+    coarse codes and, every `chunk_length_in_s` of them, has the NAR head predict the finer codebooks of the window so
+    far, and marks final the frames older than the streamer's lookahead, which the timeline decodes and hands out.
+    """
+
+    def __init__(self, model: "C3LLMGenerationMixin", timeline: AudioTimeline, span: Window, known: torch.LongTensor,
+                 condition: tuple[torch.Tensor, torch.BoolTensor]):  # fmt: skip
+        self.model, self.timeline, self.span, self.known, self.condition = model, timeline, span, known, condition
+        rate = model.config.frame_rate
+        self.lookahead = round(timeline.streamer.lookahead_in_s * rate)
+        self.every = math.ceil(timeline.streamer.chunk_length_in_s * rate)
+        self.tokens: list[torch.Tensor] = []
+        self.final = 0  # new frames whose codes are final
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.tokens.append(value.view(-1))
+        ready = len(self.tokens) - self.lookahead
+        if ready - self.final < self.every or len(self.tokens) >= self.span.new:
+            return  # (the window's last frames are finished by `_autoregressive_window`)
+        config = self.model.config
+        coarse = torch.stack(self.tokens, 1).to(self.known.device) - config.acoustic_token_offset
+        coarse = coarse.clamp(0, config.codebook_size - 1)
+        codes = self.model._fine_codes(self.known, coarse, torch.ones_like(coarse, dtype=torch.bool), self.condition)
+        self.final = ready
+        self.timeline.write(self.span.start, codes, final=self.span.start + self.span.context + ready)
+
+    def end(self) -> None:
+        pass
+
+
 class C3LLMGenerationMixin(GenerationMixin):
     r"""
     C3LLM's `generate`: a prompt ending with `<Audio>` asks for audio (coarse codes from the LLM, finer codebooks from
@@ -216,8 +283,11 @@ class C3LLMGenerationMixin(GenerationMixin):
         return ids < config.acoustic_token_offset
 
     def _output_audio(self, input_ids: torch.LongTensor) -> bool:
-        """Whether the prompts `(batch, length)` ask for audio: they all end with `<Audio>`; none does for text."""
-        audio_rows = input_ids[:, -1] == self.config.audio_start_token_id
+        """Whether the prompts `(batch, length)` ask for audio: they all end with `<Audio>` or an audio prompt's
+        acoustic tokens; none does for text."""
+        last = input_ids[:, -1]
+        code = last - self.config.acoustic_token_offset
+        audio_rows = (last == self.config.audio_start_token_id) | ((code >= 0) & (code < self.config.codebook_size))
         if audio_rows.any() and not audio_rows.all():
             raise ValueError("A batch must be all audio-output tasks or all text-output tasks; split it in two.")
         return bool(audio_rows.all())
@@ -239,21 +309,6 @@ class C3LLMGenerationMixin(GenerationMixin):
             return kwargs[name]
         value = getattr(kwargs.get("generation_config"), name, None)
         return value if value is not None else getattr(self.generation_config, name, None)
-
-    def _audio_length_kwargs(self, audio_length_in_s: float | None, kwargs: dict[str, Any]) -> dict[str, int]:
-        """`min_new_tokens`/`max_new_tokens` for an exact `audio_length_in_s`, or the longest audio of a folder whose
-        `generation_config` has no `max_new_tokens`."""
-        config = self.config
-        if audio_length_in_s is not None:
-            if not 0 < audio_length_in_s <= 10 * config.max_audio_seconds:
-                raise ValueError(
-                    f"audio_length_in_s must be in (0, {10 * config.max_audio_seconds}], got {audio_length_in_s}."
-                )
-            frames = max(1, math.ceil(audio_length_in_s * config.frame_rate - 1e-6))  # trimmed to the exact length
-            return {"min_new_tokens": frames, "max_new_tokens": frames}
-        if self.generation_config.max_new_tokens is None and not _caller_sets(kwargs, "max_new_tokens"):
-            return {"max_new_tokens": int(config.max_audio_seconds * config.frame_rate)}
-        return {}
 
     def _negative_prompts(
         self,
@@ -288,28 +343,6 @@ class C3LLMGenerationMixin(GenerationMixin):
                 negative_inputs.update({name: features[name][keep] for name in names if name in features})
         return negative_prompt_ids, negative_prompt_attention_mask, negative_inputs
 
-    def _guidance_processor(
-        self,
-        guidance_scale: float,
-        input_ids: torch.LongTensor,
-        negative_prompt_ids: torch.LongTensor | None,
-        negative_prompt_attention_mask: torch.Tensor | None,
-        features: dict[str, torch.Tensor],
-        expand: int,
-    ) -> NegativePromptGuidanceLogitsProcessor:
-        """Guidance of the autoregressive loop against the negative prompts, each repeated `expand` times like its
-        prompt."""
-        ids, mask, inputs = self._negative_prompts(
-            guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features
-        )
-        return NegativePromptGuidanceLogitsProcessor(
-            guidance_scale,
-            self,
-            ids.repeat_interleave(expand, dim=0),
-            mask.repeat_interleave(expand, dim=0),
-            {name: value.repeat_interleave(expand, dim=0) for name, value in inputs.items()},
-        )
-
     def _get_logits_processor(
         self,
         generation_config: GenerationConfig,
@@ -338,24 +371,33 @@ class C3LLMGenerationMixin(GenerationMixin):
         logits_processor: LogitsProcessorList | None = None,
         decoding: str | None = None,
         decoding_steps: int | None = None,
+        audio_prompt_codes: torch.LongTensor | None = None,
+        window_context_in_s: float | None = None,
+        streamer: BaseStreamer | None = None,
         **kwargs,
     ) -> C3LLMAudioGenerationOutput | GenerateOutput | torch.LongTensor:
         r"""
-        Generates for every task. A prompt ending with `<Audio>` asks for audio: the LLM samples coarse codes
-        (restricted to the acoustic vocabulary and `</Audio>`), the NAR head fills codebooks 2..K and EnCodec decodes;
-        a [`C3LLMAudioGenerationOutput`] is returned. Any other prompt generates text ids like a causal LM. Defaults
-        come from `generation_config` per output kind (see [`C3LLMGenerationMixin`]); keywords override them.
+        Generates for every task. A prompt ending with `<Audio>` (or with an audio prompt's codes after it) asks for
+        audio: the LLM samples coarse codes (restricted to the acoustic vocabulary and `</Audio>`), the NAR head fills
+        codebooks 2..K and EnCodec decodes; a [`C3LLMAudioGenerationOutput`] is returned. Any other prompt generates text
+        ids like a causal LM. Defaults come from `generation_config` per output kind (see [`C3LLMGenerationMixin`]);
+        keywords override them.
 
         audio_length_in_s (`float`, *optional*):
             Exact length of the generated audio (default: `generation_config.audio_length_in_s`, unless the caller sets
-            `max_new_tokens`). Without one, audio runs until `</Audio>` or `max_new_tokens` frames.
+            `max_new_tokens`; for a video longer than the model's window, the video's length). Without one, audio runs
+            until `</Audio>` or `max_new_tokens` frames. Beyond `config.max_audio_seconds` (the training clips' length)
+            the audio is generated in windows of that length, each continuing the end of the one before (see
+            `window_context_in_s`) and, for a video, seeing the frames of its own time span; at most
+            `config.max_generation_seconds`.
         guidance_scale (`float`, *optional*):
             Classifier-free guidance for audio outputs, as in MusicGen: each step's log-probabilities become
             `neg + guidance_scale * (cond - neg)`, `neg` after the negative prompt. 1: off.
         negative_prompt_ids (`torch.LongTensor` of shape `(batch_size, negative_length)`, *optional*):
-            The negative prompts of guidance (`C3LLMProcessor(negative_prompt=...)`), left-padded; they may hold the
-            same media placeholders as the prompts. Default: the unconditional prompt `<bos><Audio>`
-            (`C3LLMProcessor.unconditional_prompt`), which a model trained with `condition_dropout` knows.
+            The negative prompts of guidance (`C3LLMProcessor(negative_prompt=...)`), left-padded and ending with
+            `<Audio>` (an audio prompt is appended to them); they may hold the same media placeholders as the prompts.
+            Default: the unconditional prompt `<bos><Audio>` (`C3LLMProcessor.unconditional_prompt`), which a model
+            trained with `condition_dropout` knows.
         negative_prompt_attention_mask (`torch.LongTensor` of shape `(batch_size, negative_length)`, *optional*):
             Attention mask of `negative_prompt_ids`.
         decoding (`str`, *optional*):
@@ -366,6 +408,16 @@ class C3LLMGenerationMixin(GenerationMixin):
             `num_return_sequences` and `guidance_scale`.
         decoding_steps (`int`, *optional*):
             Iterations of masked decoding over codebook 1 (default: `generation_config.decoding_steps`, 16).
+        audio_prompt_codes (`torch.LongTensor` of shape `(batch_size, num_codebooks, prompt_frames)`, *optional*):
+            The codes of the audio prompts whose first codebook ends `input_ids` (the processor's output for
+            `audio-continuation`): the output is the audio after them, decoded in one piece with them.
+        window_context_in_s (`float`, *optional*):
+            Long-form generation: how much of the audio generated so far each new window sees as its prompt (default:
+            `generation_config.window_context_in_s`, else a quarter of `config.max_audio_seconds`); rounded up so
+            that windows start on a video frame.
+        streamer (`BaseStreamer`, *optional*):
+            A [`C3LLMAudioStreamer`] receives the audio in chunks while it is generated (the output's `audio` is those
+            chunks end to end); another streamer receives the token ids, as in transformers.
         kwargs:
             The processor's modality inputs (`input_features`, `pixel_values`, `video_features`, ...; see `forward`)
             and generation parameters (`do_sample`, `top_k`, `max_new_tokens`, `num_return_sequences`, ...). With
@@ -378,73 +430,69 @@ class C3LLMGenerationMixin(GenerationMixin):
         output_audio = self._output_audio(input_ids)
 
         decoding, decoding_steps = self._decoding(decoding, decoding_steps, output_audio, kwargs)
-        if decoding == "masked":
-            if logits_processor:
-                raise ValueError("logits_processor applies to decoding='autoregressive' only.")
-            return self._generate_masked(
-                input_ids, attention_mask, features, audio_length_in_s, guidance_scale, negative_prompt_ids,
-                negative_prompt_attention_mask, decoding_steps, kwargs,
+        if output_audio:
+            request = AudioRequest(
+                input_ids, attention_mask, features, audio_prompt_codes, audio_length_in_s, guidance_scale,
+                negative_prompt_ids, negative_prompt_attention_mask, logits_processor, decoding, decoding_steps,
+                window_context_in_s, streamer,
             )  # fmt: skip
+            return self._generate_audio(request, kwargs)
 
-        config = self.config
-        sampler = None
+        for name, value in (("audio_length_in_s", audio_length_in_s), ("audio_prompt_codes", audio_prompt_codes),
+                            ("window_context_in_s", window_context_in_s)):  # fmt: skip
+            if value is not None:
+                raise ValueError(f"{name} only applies to audio-output tasks (prompts ending with <Audio>).")
+        if guidance_scale is not None and guidance_scale != 1:
+            raise ValueError("guidance_scale only applies to audio-output tasks (prompts ending with <Audio>).")
+        if negative_prompt_ids is not None:
+            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
+        if isinstance(streamer, C3LLMAudioStreamer):
+            raise ValueError("C3LLMAudioStreamer streams audio; pass a text streamer (TextStreamer) for text outputs.")
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
             kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
-        if output_audio:
-            audio_length_in_s, guidance_scale = self._audio_defaults(audio_length_in_s, guidance_scale, kwargs)
-            kwargs.update(self._audio_length_kwargs(audio_length_in_s, kwargs))
-            kwargs["eos_token_id"] = config.audio_end_token_id
-            kwargs["audio_logits_only"] = True
-            sampler = self._audio_sampler(kwargs)
-        else:
-            if audio_length_in_s is not None:
-                raise ValueError("audio_length_in_s only applies to audio-output tasks (prompts ending with <Audio>).")
-            if guidance_scale is not None and guidance_scale != 1:
-                raise ValueError("guidance_scale only applies to audio-output tasks (prompts ending with <Audio>).")
-            for name, value in getattr(self.generation_config, "text_defaults", {}).items():
-                if not _caller_sets(kwargs, name):
-                    kwargs[name] = value
-        guided = guidance_scale is not None and guidance_scale != 1
-        if negative_prompt_ids is not None and not guided:
-            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
-
-        max_new_tokens = self._generation_setting(kwargs, "max_new_tokens") or 20
-        context = getattr(config.text_config, "max_position_embeddings", None)
-        if context is not None and input_ids.shape[1] + max_new_tokens > context:
-            raise ValueError(
-                f"The prompt ({input_ids.shape[1]} tokens) plus {max_new_tokens} new tokens exceeds the model's context "
-                f"of {context} tokens; shorten the prompt or ask for less output."
-            )
-
-        inputs_embeds = self.get_multimodal_embeddings(input_ids, **features)
+        for name, value in getattr(self.generation_config, "text_defaults", {}).items():
+            if not _caller_sets(kwargs, name):
+                kwargs[name] = value
+        self._check_context(input_ids.shape[1], self._generation_setting(kwargs, "max_new_tokens") or 20)
         processors = LogitsProcessorList(logits_processor or [])
-        if guided:
-            expand = max(self._generation_setting(kwargs, name) or 1 for name in ("num_beams", "num_return_sequences"))
-            processors.append(
-                self._guidance_processor(
-                    guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features, expand
-                )
-            )
-        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(output_audio)))
-        if sampler is not None:
-            processors.append(sampler)  # last: it draws the token that generate's greedy step then takes
-        generated = super().generate(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            logits_processor=processors,
-            **kwargs,
-        )
-        if not output_audio:
-            return generated
+        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(False)))
+        return super().generate(
+            input_ids=input_ids, inputs_embeds=self.get_multimodal_embeddings(input_ids, **features),
+            attention_mask=attention_mask, logits_processor=processors, streamer=streamer, **kwargs,
+        )  # fmt: skip
 
-        sequences = generated if isinstance(generated, torch.Tensor) else generated.sequences
-        candidates = sequences.shape[0] // input_ids.shape[0]  # rows per prompt (num_return_sequences)
-        coarse, frames_mask = self._tokens_to_codes(sequences[:, input_ids.shape[1] :])
-        condition_embeds = inputs_embeds.repeat_interleave(candidates, dim=0)
-        condition_mask = attention_mask.bool().repeat_interleave(candidates, dim=0)
-        codes = self.generate_fine_codes(coarse, frames_mask, condition_embeds, condition_mask)
-        return self._audio_output(codes, frames_mask, audio_length_in_s, sequences)
+    def generate_stream(
+        self, *args, chunk_length_in_s: float = MIN_CHUNK_SECONDS, lookahead_in_s: float = 0.2, **kwargs
+    ) -> Iterator[torch.Tensor]:
+        r"""
+        Generates audio like `generate(*args, **kwargs)` and yields it in chunks `(batch_size, channels, samples)` of
+        at least `chunk_length_in_s` seconds while it is generated (see [`C3LLMAudioStreamer`]); `generate` runs in
+        a thread. The generator's return value (`StopIteration.value`) is `generate`'s output.
+        """
+        streamer = C3LLMAudioStreamer(chunk_length_in_s, lookahead_in_s)
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result["output"] = self.generate(*args, streamer=streamer, **kwargs)
+            except BaseException as error:  # handed to the caller's thread by the iterator
+                streamer.end(error)
+
+        thread = threading.Thread(target=run, name="c3llm-generate", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            thread.join()
+        return result.get("output")
+
+    def _check_context(self, prompt_length: int, new_tokens: int) -> None:
+        context = getattr(self.config.text_config, "max_position_embeddings", None)
+        if context is not None and prompt_length + new_tokens > context:
+            raise ValueError(
+                f"The prompt ({prompt_length} tokens) plus {new_tokens} new tokens exceeds the model's context of "
+                f"{context} tokens; shorten the prompt (text, video frames, audio prompt) or ask for less output."
+            )
 
     def _audio_defaults(
         self, audio_length_in_s: float | None, guidance_scale: float | None, kwargs: dict[str, Any]
@@ -457,29 +505,10 @@ class C3LLMGenerationMixin(GenerationMixin):
             guidance_scale = self._generation_setting(kwargs, "guidance_scale")
         return audio_length_in_s, guidance_scale
 
-    def _audio_output(
-        self,
-        codes: torch.LongTensor,
-        frames_mask: torch.BoolTensor,
-        audio_length_in_s: float | None,
-        sequences: torch.LongTensor,
-    ) -> C3LLMAudioGenerationOutput:
-        """EnCodec decoding of `codes`, trimmed to `audio_length_in_s`; codes `-1` after each clip's last frame."""
-        config = self.config
-        audio = self.decode_audio(codes, frames_mask)
-        lengths = frames_mask.long().sum(-1) * config.hop_length
-        if audio_length_in_s is not None:
-            target = round(audio_length_in_s * config.sampling_rate)
-            audio, lengths = audio[..., :target], lengths.clamp(max=target)
-        return C3LLMAudioGenerationOutput(
-            audio=audio, audio_codes=codes.masked_fill(~frames_mask[:, None, :], -1), audio_lengths=lengths,
-            sampling_rate=config.sampling_rate, sequences=sequences,
-        )  # fmt: skip
-
     def _audio_sampler(self, kwargs: dict[str, Any]) -> AudioSamplingLogitsProcessor | None:
-        """For sampled audio with one candidate per prompt and only temperature, top-k and top-p: the processor that
-        samples over the audio span (and `kwargs` switched to greedy so that generate takes its token); else `None`,
-        and generate samples over the whole vocabulary."""
+        """For sampled audio with only temperature, top-k and top-p: the processor that samples over the audio span (and
+        `kwargs` switched to greedy so that generate takes its token); else `None`, and generate samples over the
+        whole vocabulary."""
         if not self._generation_setting(kwargs, "do_sample"):
             return None
         others = ("min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "num_return_sequences", "num_beams")
@@ -524,53 +553,314 @@ class C3LLMGenerationMixin(GenerationMixin):
             raise ValueError("decoding_steps applies to decoding='masked'; pass decoding='masked' with it.")
         return decoding, decoding_steps
 
-    def _generate_masked(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor,
-        features: dict[str, torch.Tensor],
-        audio_length_in_s: float | None,
-        guidance_scale: float | None,
-        negative_prompt_ids: torch.LongTensor | None,
-        negative_prompt_attention_mask: torch.Tensor | None,
-        decoding_steps: int,
-        kwargs: dict[str, Any],
-    ) -> C3LLMAudioGenerationOutput:
-        """`generate(decoding="masked")`: one LLM prefill of the prompts (and of the negative prompts with guidance),
-        `masked_decode` of a clip of the asked length, EnCodec decoding."""
+    # ---- audio: one or more windows ----------------------------------------------------------------------------
+    def _audio_prompt(self, input_ids: torch.LongTensor, audio_prompt_codes: torch.LongTensor | None) -> torch.LongTensor:
+        """The audio prompts' codes `(batch, num_codebooks, frames)` (no frames without one), checked against the
+        acoustic tokens that end `input_ids`."""
         config = self.config
-        unsupported = sorted(set(kwargs) - {*MASKED_DECODING_PARAMETERS, "generation_config"})
-        if unsupported:
-            raise ValueError(f"decoding='masked' does not take {unsupported}; they apply to autoregressive decoding.")
-        settings = {name: self._generation_setting(kwargs, name) for name in MASKED_DECODING_PARAMETERS}
-        audio_length_in_s, guidance_scale = self._audio_defaults(audio_length_in_s, guidance_scale, kwargs)
-        frames = self._audio_length_kwargs(audio_length_in_s, kwargs).get("max_new_tokens") or settings["max_new_tokens"]
-        context = getattr(config.text_config, "max_position_embeddings", None)
-        if context is not None and input_ids.shape[1] > context:
-            raise ValueError(f"The prompt ({input_ids.shape[1]} tokens) exceeds the model's context of {context}.")
+        if audio_prompt_codes is None:
+            return input_ids.new_zeros((input_ids.shape[0], config.num_codebooks, 0))
+        codes = torch.as_tensor(audio_prompt_codes, device=input_ids.device)
+        if codes.ndim != 3 or codes.shape[0] != input_ids.shape[0] or codes.shape[1] != config.num_codebooks:
+            raise ValueError(f"audio_prompt_codes must have shape ({input_ids.shape[0]}, {config.num_codebooks}, "
+                             f"frames), got {tuple(codes.shape)}; build them with C3LLMProcessor.")  # fmt: skip
+        if bool((codes < 0).any()):
+            raise ValueError("The audio prompts of a batch must have the same length; trim them to one length or "
+                             "generate them separately.")  # fmt: skip
+        frames = codes.shape[-1]
+        if frames >= input_ids.shape[1] or not torch.equal(input_ids[:, -frames:], codes[:, 0] + config.acoustic_token_offset):
+            raise ValueError("input_ids must end with the first codebook of audio_prompt_codes; build both with "
+                             "C3LLMProcessor(audio_prompt_codes=...).")  # fmt: skip
+        return codes
 
-        copies = settings["num_return_sequences"] or 1
-        states = self.prompt_states(self.get_multimodal_embeddings(input_ids, **features), attention_mask)
-        negative_states = negative_mask = None
-        if guidance_scale is not None and guidance_scale != 1:
-            ids, negative_mask, inputs = self._negative_prompts(
-                guidance_scale, input_ids, negative_prompt_ids, negative_prompt_attention_mask, features
-            )
-            negative_states = self.prompt_states(self.get_multimodal_embeddings(ids, **inputs), negative_mask)
-            negative_states = negative_states.repeat_interleave(copies, dim=0)
-            negative_mask = negative_mask.bool().repeat_interleave(copies, dim=0)
-        elif negative_prompt_ids is not None:
+    def _video_seconds(self, features: dict[str, torch.Tensor], input_ids: torch.LongTensor) -> torch.Tensor | None:
+        """Each prompt's video length in seconds `(batch,)`, or `None` without videos."""
+        frames = features.get("video_features", features.get("pixel_values_videos"))
+        if frames is None:
+            return None
+        mask = features.get("video_frames_mask")
+        counts = mask.long().sum(-1) if mask is not None else torch.full((frames.shape[0],), frames.shape[1])
+        with_video = (input_ids == self.config.video_frame_token_id).any(-1)
+        seconds = torch.full((input_ids.shape[0],), float("inf"))
+        seconds[with_video.cpu()] = counts.cpu().float() / self.config.video_fps
+        return seconds
+
+    def _generate_audio(self, request: "AudioRequest", kwargs: dict[str, Any]) -> C3LLMAudioGenerationOutput:
+        """Audio for prompts ending with `<Audio>` (and an audio prompt): one window, or windows of
+        `config.max_audio_seconds` that continue each other (long-form), generated autoregressively or by the masked
+        decoder; the output covers the new audio only."""
+        config, r = self.config, request
+        masked = r.decoding == "masked"
+        if masked:
+            unsupported = sorted(set(kwargs) - {*MASKED_DECODING_PARAMETERS, "generation_config"})
+            if unsupported or r.logits_processor:
+                raise ValueError(f"decoding='masked' does not take {unsupported or ['logits_processor']}; they apply "
+                                 "to autoregressive decoding.")  # fmt: skip
+        audio_streamer = r.streamer if isinstance(r.streamer, C3LLMAudioStreamer) else None
+        if r.streamer is not None and audio_streamer is None:
+            if masked:
+                raise ValueError("decoding='masked' streams audio only: pass a C3LLMAudioStreamer.")
+            kwargs["streamer"] = r.streamer  # token ids, as transformers streams them
+        copies = self._generation_setting(kwargs, "num_return_sequences") or 1
+        if audio_streamer is not None and copies > 1:
+            raise ValueError("A streamer takes one candidate per prompt; drop num_return_sequences or the streamer.")
+        if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
+            kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
+
+        prefix = self._audio_prompt(r.input_ids, r.audio_prompt_codes)
+        cond_ids = r.input_ids[:, : r.input_ids.shape[1] - prefix.shape[-1]]
+        cond_mask = r.attention_mask[:, : cond_ids.shape[1]]
+        video_seconds = self._video_seconds(r.features, cond_ids)
+        audio_length_in_s = r.audio_length_in_s
+        longest_video = None if video_seconds is None else float(video_seconds[video_seconds.isfinite()].min())
+        if audio_length_in_s is None and not _caller_sets(kwargs, "max_new_tokens") and longest_video is not None:
+            if longest_video > config.max_audio_seconds + 1e-6:  # a long video asks for audio as long as itself
+                audio_length_in_s = longest_video
+        audio_length_in_s, guidance_scale = self._audio_defaults(audio_length_in_s, r.guidance_scale, kwargs)
+        guided = guidance_scale is not None and guidance_scale != 1
+        if r.negative_prompt_ids is not None and not guided:
             raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
-        rows = input_ids.shape[0] * copies
-        codes = input_ids.new_full((rows, config.num_codebooks, frames), -1)
-        codes = self.masked_decode(
-            states.repeat_interleave(copies, dim=0), attention_mask.bool().repeat_interleave(copies, dim=0), codes,
-            decoding_steps=decoding_steps, do_sample=bool(settings["do_sample"]), temperature=settings["temperature"],
-            top_k=settings["top_k"], top_p=settings["top_p"], guidance_scale=guidance_scale,
-            negative_states=negative_states, negative_mask=negative_mask,
+
+        window = round(config.max_audio_seconds * config.frame_rate)
+        exact = audio_length_in_s is not None or masked
+        if audio_length_in_s is not None:
+            new = self._audio_frames(audio_length_in_s)
+        else:
+            new = self._generation_setting(kwargs, "max_new_tokens") or window
+        if not exact:  # one window up to </Audio> or max_new_tokens, however long (as before long-form existed)
+            window = max(window, prefix.shape[-1] + new)
+        context = self._window_context(r.window_context_in_s, kwargs)
+        grid = window_grid(config.frame_rate, config.video_fps if video_seconds is not None else None)
+        windows = plan_windows(prefix.shape[-1], prefix.shape[-1] + new, window, context, grid)
+        if len(windows) > 1 and longest_video is not None:
+            shortest = float(video_seconds.min())
+            asked = (prefix.shape[-1] + new) / config.frame_rate
+            if shortest < asked - 1 / config.video_fps:
+                raise ValueError(
+                    f"A video is {shortest:.2f} s long but {asked:.2f} s of audio were asked: long-form audio follows "
+                    "the video window by window, so it cannot outlast it. Ask for at most the video's length "
+                    "(audio_length_in_s), or trim the other videos of the batch to one length."
+                )
+
+        negative = None
+        if guided:
+            negative = self._negative_prompts(
+                guidance_scale, cond_ids, r.negative_prompt_ids, r.negative_prompt_attention_mask, r.features
+            )
+        elif r.negative_prompt_ids is not None:
+            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
+        if copies > 1:  # every candidate is a row of its own from here on
+            cond_ids, cond_mask, prefix = (t.repeat_interleave(copies, 0) for t in (cond_ids, cond_mask, prefix))
+            features = {name: value.repeat_interleave(copies, 0) for name, value in r.features.items()}
+            if negative is not None:
+                negative = tuple(
+                    {k: v.repeat_interleave(copies, 0) for k, v in part.items()} if isinstance(part, dict)
+                    else part.repeat_interleave(copies, 0) for part in negative
+                )  # fmt: skip
+            kwargs["num_return_sequences"] = 1
+        else:
+            features = r.features
+        if masked:
+            settings = {name: self._generation_setting(kwargs, name) for name in MASKED_DECODING_PARAMETERS}
+        else:
+            kwargs["eos_token_id"] = config.audio_end_token_id
+            kwargs["audio_logits_only"] = True
+            settings = {"sampler": self._audio_sampler(kwargs)}
+        if "video_features" not in features and "pixel_values_videos" in features and len(windows) > 1:
+            features = self._encoded_video(features)  # encode every frame once, not once per window
+        if negative is not None and "video_features" not in negative[2] and "pixel_values_videos" in negative[2]:
+            negative = (*negative[:2], self._encoded_video(negative[2]))
+
+        timeline = AudioTimeline(self, prefix, prefix.shape[-1] + new, audio_streamer)
+        sequences = None
+        for index, span in enumerate(windows):
+            known = timeline.codes[..., span.start : span.start + span.context]
+            prompt = self._window_prompt(cond_ids, cond_mask, features, span, known, whole=len(windows) == 1)
+            negative_prompt = None if negative is None else self._window_prompt(
+                negative[0], negative[1], negative[2], span, known, whole=len(windows) == 1
+            )  # fmt: skip
+            self._check_context(prompt[0].shape[1], span.new + (0 if exact else 1))
+            if masked:
+                self._masked_window(timeline, span, prompt, negative_prompt, guidance_scale, r.decoding_steps, settings)
+            else:
+                generated = self._autoregressive_window(
+                    timeline, span, prompt, negative_prompt, guidance_scale, exact, r.logits_processor, settings, kwargs
+                )  # fmt: skip
+                if len(windows) == 1:
+                    sequences = generated
+        codes, frames_mask = timeline.new_codes()
+        if sequences is None:
+            prompt_ids = r.input_ids.repeat_interleave(copies, 0)
+            sequences = torch.cat([prompt_ids, codes[:, 0].clamp(min=0) + config.acoustic_token_offset], 1)
+        audio = timeline.audio()
+        lengths = frames_mask.long().sum(-1) * config.hop_length
+        if audio_length_in_s is not None:
+            target = round(audio_length_in_s * config.sampling_rate)
+            audio, lengths = audio[..., :target], lengths.clamp(max=target)
+        return C3LLMAudioGenerationOutput(
+            audio=audio, audio_codes=codes.masked_fill(~frames_mask[:, None, :], -1), audio_lengths=lengths,
+            sampling_rate=config.sampling_rate, sequences=sequences,
         )  # fmt: skip
-        sequences = torch.cat([input_ids.repeat_interleave(copies, dim=0), codes[:, 0] + config.acoustic_token_offset], 1)
-        return self._audio_output(codes, torch.ones_like(codes[:, 0], dtype=torch.bool), audio_length_in_s, sequences)
+
+    def _audio_frames(self, audio_length_in_s: float) -> int:
+        """Frames of an exact audio length, checked against `config.max_generation_seconds`."""
+        cap = getattr(self.config, "max_generation_seconds", 600.0)
+        if isinstance(audio_length_in_s, bool) or not 0 < audio_length_in_s <= cap:
+            raise ValueError(f"audio_length_in_s must be in (0, {cap:g}] seconds (config.max_generation_seconds), "
+                             f"got {audio_length_in_s!r}.")  # fmt: skip
+        return max(1, math.ceil(audio_length_in_s * self.config.frame_rate - 1e-6))  # trimmed to the exact length
+
+    def _window_context(self, window_context_in_s: float | None, kwargs: dict[str, Any]) -> int:
+        """Frames of generated audio each later window of long-form generation sees as its prompt."""
+        config = self.config
+        if window_context_in_s is None:
+            window_context_in_s = self._generation_setting(kwargs, "window_context_in_s")
+        if window_context_in_s is None:
+            window_context_in_s = config.max_audio_seconds / 4
+        if not 0 < window_context_in_s < config.max_audio_seconds:
+            raise ValueError(f"window_context_in_s must be in (0, {config.max_audio_seconds:g}) seconds (the model's "
+                             f"window, config.max_audio_seconds), got {window_context_in_s!r}.")  # fmt: skip
+        return max(1, round(window_context_in_s * config.frame_rate))
+
+    def _encoded_video(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`features` with the videos' frames replaced by their encoder features (`video_features`)."""
+        out = {k: v for k, v in features.items() if k not in ("pixel_values_videos", "flow_values_videos")}
+        out["video_features"] = self._video_inputs(features["pixel_values_videos"], features["flow_values_videos"], None)
+        return out
+
+    def _window_prompt(
+        self,
+        ids: torch.LongTensor,
+        mask: torch.Tensor,
+        features: dict[str, torch.Tensor],
+        span: Window,
+        known: torch.LongTensor,
+        whole: bool,
+    ) -> tuple[torch.LongTensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """A window's prompt: `ids` (ending with `<Audio>`) with the video frames of the window's time span in place of
+        the whole video (unless `whole`: one window and a video no longer than `config.video_num_frames`), followed
+        by the first codebook of the `known` frames that start the window."""
+        config = self.config
+        frame = config.video_frame_token_id
+        tokens = known[:, 0] + config.acoustic_token_offset
+        name = "video_features" if "video_features" in features else "pixel_values_videos"
+        has_video = name in features and bool((ids == frame).any())
+        if has_video and not (whole and (ids == frame).sum(-1).max() <= config.video_num_frames):
+            first = round(span.start / config.frame_rate * config.video_fps)
+            count = config.video_num_frames
+            video_mask = features.get("video_frames_mask")
+            lengths = (video_mask.long().sum(-1) if video_mask is not None
+                       else torch.full((features[name].shape[0],), features[name].shape[1]))  # fmt: skip
+            shown = (lengths - first).clamp(min=1, max=count).tolist()
+            rows, media = [], 0
+            for row in range(ids.shape[0]):
+                row_ids = ids[row][mask[row].bool()].tolist()
+                if frame in row_ids:
+                    at = row_ids.index(frame)
+                    row_ids = row_ids[:at] + [frame] * shown[media] + row_ids[at + row_ids.count(frame) :]
+                    media += 1
+                rows.append(row_ids)
+            width = max(len(row_ids) for row_ids in rows)
+            pad = config.text_config.pad_token_id if config.text_config.pad_token_id is not None else 0
+            ids = ids.new_full((len(rows), width), pad)
+            mask = torch.zeros_like(ids)
+            for row, row_ids in enumerate(rows):
+                ids[row, width - len(row_ids) :] = ids.new_tensor(row_ids)
+                mask[row, width - len(row_ids) :] = 1
+            stop = first + max(shown)
+            features = slice_media(features, name, first, stop)
+            video_mask = torch.arange(stop - first)[None] < torch.tensor(shown)[:, None]
+            features["video_frames_mask"] = video_mask.to(ids.device)
+        if tokens.shape[1]:
+            ids = torch.cat([ids, tokens], 1)
+            mask = torch.cat([mask, torch.ones_like(tokens, dtype=mask.dtype)], 1)
+        return ids, mask, features
+
+    def _condition_mask(self, ids: torch.LongTensor, mask: torch.Tensor) -> torch.BoolTensor:
+        """The positions the NAR head and the masked decoder are conditioned on: the prompt without acoustic tokens
+        (the audio they continue is among their frames instead)."""
+        codes = ids - self.config.acoustic_token_offset
+        return mask.bool() & ~((codes >= 0) & (codes < self.config.codebook_size))
+
+    def _autoregressive_window(
+        self,
+        timeline: AudioTimeline,
+        span: Window,
+        prompt: tuple,
+        negative_prompt: tuple | None,
+        guidance_scale: float | None,
+        exact: bool,
+        logits_processor: LogitsProcessorList | None,
+        settings: dict[str, Any],
+        kwargs: dict[str, Any],
+    ) -> torch.LongTensor:
+        """One window of autoregressive decoding: the LLM's coarse codes after the prompt, the NAR head's finer ones
+        over the whole window (its known start kept), into `timeline`. Returns the LLM's sequences."""
+        ids, mask, features = prompt
+        inputs_embeds = self.get_multimodal_embeddings(ids, **features)
+        processors = LogitsProcessorList(logits_processor or [])
+        if negative_prompt is not None:
+            processors.append(NegativePromptGuidanceLogitsProcessor(guidance_scale, self, *negative_prompt))
+        processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(True)))
+        if settings["sampler"] is not None:
+            processors.append(settings["sampler"])  # last: it draws the token that generate's greedy step then takes
+        window_kwargs = dict(kwargs)
+        if exact:
+            window_kwargs.update(min_new_tokens=span.new, max_new_tokens=span.new)
+        known = timeline.codes[..., span.start : span.start + span.context]
+        condition = (inputs_embeds, self._condition_mask(ids, mask))
+        if timeline.streamer is not None:
+            window_kwargs["streamer"] = CoarseCodesStream(self, timeline, span, known, condition)
+        generated = super().generate(
+            input_ids=ids, inputs_embeds=inputs_embeds, attention_mask=mask, logits_processor=processors,
+            **window_kwargs,
+        )  # fmt: skip
+        sequences = generated if isinstance(generated, torch.Tensor) else generated.sequences
+        coarse, frames_mask = self._tokens_to_codes(sequences[:, ids.shape[1] :])
+        if not exact:
+            timeline.end_early(torch.cat([timeline.frames_mask[:, : span.context], frames_mask], 1))
+        codes = self._fine_codes(known, coarse, frames_mask, condition)
+        timeline.write(span.start, codes, final=span.start + span.context + coarse.shape[1])
+        return sequences
+
+    def _fine_codes(
+        self, known: torch.LongTensor, coarse: torch.LongTensor, frames_mask: torch.BoolTensor, condition: tuple
+    ) -> torch.LongTensor:
+        """The codes of a window whose `known` first frames are followed by new coarse codes."""
+        ones = torch.ones_like(known[:, 0], dtype=torch.bool)
+        return self.generate_fine_codes(
+            torch.cat([known[:, 0], coarse], 1), torch.cat([ones, frames_mask], 1), *condition, known=known
+        )
+
+    def _masked_window(
+        self,
+        timeline: AudioTimeline,
+        span: Window,
+        prompt: tuple,
+        negative_prompt: tuple | None,
+        guidance_scale: float | None,
+        decoding_steps: int,
+        settings: dict[str, Any],
+    ) -> None:
+        """One window of masked decoding: one LLM prefill of the prompt, then the masked decoder fills the window's
+        new frames after its known ones, into `timeline`."""
+        ids, mask, features = prompt
+        states = self.prompt_states(self.get_multimodal_embeddings(ids, **features), mask)
+        negative_states = negative_mask = None
+        if negative_prompt is not None:
+            negative_ids, negative_attention, negative_inputs = negative_prompt
+            negative_states = self.prompt_states(
+                self.get_multimodal_embeddings(negative_ids, **negative_inputs), negative_attention
+            )
+            negative_mask = self._condition_mask(negative_ids, negative_attention)
+        codes = timeline.codes[..., span.start : span.end].clone()
+        codes = self.masked_decode(
+            states, self._condition_mask(ids, mask), codes, decoding_steps=decoding_steps,
+            do_sample=bool(settings["do_sample"]), temperature=settings["temperature"], top_k=settings["top_k"],
+            top_p=settings["top_p"], guidance_scale=guidance_scale, negative_states=negative_states,
+            negative_mask=negative_mask,
+        )  # fmt: skip
+        timeline.write(span.start, codes, final=span.end)
 
     @torch.no_grad()
     def masked_decode(
@@ -658,23 +948,29 @@ class C3LLMGenerationMixin(GenerationMixin):
         frames_mask: torch.BoolTensor,
         condition_embeds: torch.Tensor,
         condition_mask: torch.BoolTensor,
+        known: torch.LongTensor | None = None,
     ) -> torch.LongTensor:
         r"""
-        Runs the NAR head level by level (greedy, as in VALL-E).
+        Runs the NAR head level by level (greedy, as in VALL-E); the `known` codes of the first frames (an audio prompt
+        or the start of a long-form window) stay as they are at every level.
 
         Args:
             coarse_codes (`torch.LongTensor` of shape `(batch, frames)`): codebook-1 codes.
             frames_mask (`torch.BoolTensor` of shape `(batch, frames)`): which frames are real.
             condition_embeds (`torch.Tensor` of shape `(batch, cond_len, hidden)`): the prompts' input embeddings.
-            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions are real.
+            condition_mask (`torch.BoolTensor` of shape `(batch, cond_len)`): which prompt positions to attend to.
+            known (`torch.LongTensor` of shape `(batch, num_codebooks, known_frames)`, *optional*): codes of the first
+                frames.
 
         Returns:
             `torch.LongTensor` of shape `(batch, num_codebooks, frames)`.
         """
         codes = coarse_codes[:, None, :]
-        for _ in range(1, self.config.num_codebooks):
-            logits = self.nar_head(condition_embeds, condition_mask, codes, frames_mask)
-            codes = torch.cat([codes, logits.argmax(-1)[:, None, :]], dim=1)
+        for level in range(1, self.config.num_codebooks):
+            predicted = self.nar_head(condition_embeds, condition_mask, codes, frames_mask).argmax(-1)
+            if known is not None:
+                predicted[:, : known.shape[-1]] = known[:, level]
+            codes = torch.cat([codes, predicted[:, None, :]], dim=1)
         return codes
 
 

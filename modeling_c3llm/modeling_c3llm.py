@@ -651,7 +651,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
                 video_frames_mask=video_frames_mask,
             )
         if masked_loss_only:
-            return self._masked_loss_only(inputs_embeds, attention_mask, labels, audio_codes)
+            return self._masked_loss_only(inputs_embeds, attention_mask, labels, audio_codes, input_ids)
         batch, length = inputs_embeds.shape[:2]
         if position_ids is None and attention_mask is not None:
             # Left padding: positions count real tokens only, so padded and unpadded prompts see the same positions.
@@ -685,7 +685,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
             has_audio = (audio_codes[:, 0] >= 0).any(-1)
             if has_audio.any():
                 attended = attention_mask.bool() if attention_mask is not None else torch.ones_like(labels, dtype=torch.bool)
-                condition_mask = (attended & (labels == -100))[has_audio]
+                condition_mask = (attended & (labels == -100))
+                if input_ids is not None:  # the audio a continuation's prompt holds is among the frames instead
+                    condition_mask = self._condition_mask(input_ids, condition_mask)
+                condition_mask = condition_mask[has_audio]
                 weighted = []
                 if self.nar_head is not None:
                     nar_loss = self.compute_nar_loss(inputs_embeds[has_audio], condition_mask, audio_codes[has_audio])
@@ -707,6 +710,7 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
         audio_codes: torch.LongTensor | None,
+        input_ids: torch.LongTensor | None = None,
     ) -> C3LLMOutputWithPast:
         """`forward(masked_loss_only=True)`: the masked loss from one LLM pass over the prompt positions."""
         if labels is None or audio_codes is None or self.masked_decoder is None:
@@ -720,7 +724,10 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
         first_target = torch.where(targets.any(-1), targets.long().argmax(-1), labels.shape[1])
         cut = int(first_target[has_audio].max())
         states = self.prompt_states(inputs_embeds[has_audio, :cut], attention_mask[has_audio, :cut])
-        condition_mask = (attention_mask.bool() & ~targets)[has_audio, :cut]
+        condition_mask = attention_mask.bool() & ~targets
+        if input_ids is not None:
+            condition_mask = self._condition_mask(input_ids, condition_mask)
+        condition_mask = condition_mask[has_audio, :cut]
         loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])
         return C3LLMOutputWithPast(loss=loss, masked_loss=loss)
 
