@@ -605,7 +605,9 @@ class C3LLMGenerationMixin(GenerationMixin):
         if audio_streamer is not None and copies > 1:
             raise ValueError("A streamer takes one candidate per prompt; drop num_return_sequences or the streamer.")
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
-            kwargs["max_new_tokens"] = None  # the caller's max_length bounds the output, not a default max_new_tokens
+            # The caller's max_length bounds the output, not a default max_new_tokens.
+            kwargs["max_new_tokens"] = self._generation_setting(kwargs, "max_length") - r.input_ids.shape[1]
+            kwargs.pop("max_length", None)
 
         prefix = self._audio_prompt(r.input_ids, r.audio_prompt_codes)
         cond_ids = r.input_ids[:, : r.input_ids.shape[1] - prefix.shape[-1]]
@@ -804,9 +806,9 @@ class C3LLMGenerationMixin(GenerationMixin):
         processors.append(AllowedTokensLogitsProcessor(self._vocabulary_mask(True)))
         if settings["sampler"] is not None:
             processors.append(settings["sampler"])  # last: it draws the token that generate's greedy step then takes
-        window_kwargs = dict(kwargs)
+        window_kwargs = dict(kwargs, max_new_tokens=span.new)
         if exact:
-            window_kwargs.update(min_new_tokens=span.new, max_new_tokens=span.new)
+            window_kwargs["min_new_tokens"] = span.new
         known = timeline.codes[..., span.start : span.start + span.context]
         condition = (inputs_embeds, self._condition_mask(ids, mask))
         if timeline.streamer is not None:

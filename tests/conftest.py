@@ -61,10 +61,17 @@ def media(tmp_path_factory):
     return root
 
 
+# The EnCodec codes of an audio prompt (2 codebooks, 0.2 s at 75 Hz), for the tasks that continue one.
+PROMPT_CODES = np.arange(30).reshape(2, 15) * 7 % 64
+
+
 @pytest.fixture(scope="session")
 def task_inputs(media):
     """Processor keyword arguments for one example of a task, from the media files."""
     return lambda task: {
+        "audio-continuation": {"audio_prompt_codes": PROMPT_CODES, "text": "more of it"},
+        "video-text-audio-to-audio": {"videos": str(media / "clip.mp4"), "text": "a drum",
+                                      "audio_prompt_codes": PROMPT_CODES},
         "text-to-audio": {"text": "a dog barks"},
         "audio-to-text": {"audio": str(media / "stereo_44k.wav")},
         "video-to-audio": {"videos": str(media / "clip.mp4")},

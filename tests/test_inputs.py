@@ -119,8 +119,8 @@ def test_no_inputs_at_all(tiny):
 # ---- model -----------------------------------------------------------------------------------------------------
 def test_generate_rejects_a_prompt_that_overflows_the_context(tiny):
     model, processor = tiny
-    with pytest.raises(ValueError, match="exceeds the model's context of 1024"):
-        model.generate(**processor(text="word " * 150), audio_length_in_s=10.0)
+    with pytest.raises(ValueError, match="exceeds the model's context of 1024"):  # one window (2 s) does not fit
+        model.generate(**processor(text="word " * 180), audio_length_in_s=10.0)
 
 
 def test_generate_rejects_right_padding(tiny):

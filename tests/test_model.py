@@ -126,7 +126,9 @@ def test_gradients_reach_trainable_parts_only(tiny_folder, media):
 def test_audio_tasks_generate_waveforms_of_requested_length(tiny, task_inputs, task):
     model, processor = tiny
     inputs = processor(**task_inputs(task), task=task)
-    assert inputs["input_ids"][0, -1] == model.config.audio_start_token_id
+    prompt = inputs.get("audio_prompt_codes")  # a continuation's prompt ends with <Audio> and its audio prompt
+    known = [] if prompt is None else (prompt[0, 0] + model.config.acoustic_token_offset).tolist()
+    assert inputs["input_ids"][0, -len(known) - 1 :].tolist() == [model.config.audio_start_token_id, *known]
     torch.manual_seed(0)
     out = model.generate(**inputs, audio_length_in_s=0.4, do_sample=True, top_k=50)
     assert out.sampling_rate == 24000 == model.config.codec_config.sampling_rate
