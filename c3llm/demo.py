@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoProcessor, EncodecModel, GenerationConfi
 
 from c3llm.data import datasets as data
 from c3llm.data.collator import with_tasks
-from c3llm.synthfoley.synthfoley import write_synthfoley
+from c3llm.synthfoley.synthfoley import CLIP_SECONDS, write_synthfoley
 from conversion.build_c3llm import build_tiny, save_folder
 from conversion.model_card import update_model_index
 from processing_c3llm.media_c3llm import atomic_path, load_audio, write_text
@@ -35,14 +35,15 @@ from .evaluation import EvalSettings, markdown_tables, model_index_results, run_
 from .training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
-# Share of its layout's training clips each task uses (see `DATASETS["synthfoley"].parts` for the layouts).
+# Share of its layout's training clips each task uses (see `DATASETS["synthfoley"].parts` for the layouts); the demo
+# trains and evaluates these tasks only (not the audio-prompt ones).
 TASK_SHARES = {
     "text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 0.6, "video-to-caption": 0.25,
     "image-to-audio": 0.3, "image-text-to-audio": 0.3, "video-text-to-audio": 1.0,
 }  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
-AUDIO_TASKS = tuple(task for task, row in TASKS.items() if row.output == "audio")
+AUDIO_TASKS = tuple(task for task, row in TASKS.items() if row.output == "audio" and task in TASK_SHARES)
 MIN_CLIPS = {"train_clips": 4, "video_clips": 2, "neutral_clips": 2, "test_clips": 2}
 
 
@@ -135,7 +136,8 @@ def write_demo_data(root: Path, settings: DemoSettings) -> None:
         return
     shutil.rmtree(root, ignore_errors=True)
     write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
-                     video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers)
+                     video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers,
+                     prompt_layouts=False)  # the demo trains no audio-prompt task
     write_text(record, json.dumps(wanted, indent=1) + "\n")
 
 
@@ -144,7 +146,7 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
     per (clip, task): each task takes its `TASK_SHARES` of its layout's clips."""
     from datasets import concatenate_datasets
 
-    layouts = {part.folder: part for part in DATASETS["synthfoley"].layouts(TASKS)}
+    layouts = {part.folder: part for part in DATASETS["synthfoley"].layouts(TASK_SHARES)}
     loaded = {folder: part.load(root, "train")[0] for folder, part in layouts.items()}
     audio = loaded.pop("audiocaps")
     audio, _ = data.add_audio_codes(audio, model, processor, num_proc=settings.workers)
@@ -203,10 +205,11 @@ def ship_generation_defaults(folder: Path, settings: DemoSettings) -> None:
 
 def evaluate(model, processor, data_dir: Path, audio_dir: Path | None, settings: DemoSettings,
              split: str = "test", masked_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Every task on the held-out clips through `c3llm eval` (`run_eval`), with the sampling the model ships; with
-    `masked_steps`, the `masked_tasks` only, their audio decoded by the masked decoder in that many steps."""
-    masked = {} if masked_steps is None else {"decoding": "masked", "decoding_steps": masked_steps,
-                                              "tasks": settings.masked_tasks}  # fmt: skip
+    """Every task the demo trains (`TASK_SHARES`) on the held-out clips through `c3llm eval` (`run_eval`), with the
+    sampling the model ships; with `masked_steps`, the `masked_tasks` only, their audio decoded by the masked decoder
+    in that many steps."""
+    masked = {"tasks": tuple(TASK_SHARES)} if masked_steps is None else {
+        "decoding": "masked", "decoding_steps": masked_steps, "tasks": settings.masked_tasks}  # fmt: skip
     eval_settings = EvalSettings(dataset="synthfoley", data_dir=str(data_dir), split=split, batch_size=20,
                                  seed=settings.seed, audio_dir=None if audio_dir is None else str(audio_dir),
                                  **masked)  # fmt: skip
@@ -469,9 +472,12 @@ SYNTHFOLEY_EPILOG = """examples:
   c3llm synthfoley --out outputs/sf-test --test 200 --seed 1     # held-out clips of another seed, nothing to train on
   c3llm eval --model outputs/demo/model --dataset synthfoley --data-dir outputs/sf-test --out outputs/eval-200
   c3llm synthfoley --out data/sf --train 2000 --test 100          # data for `c3llm train --dataset synthfoley`
+  c3llm synthfoley --out outputs/sf-30s --test 50 --duration 30   # long-form test clips: 15 two-second segments each
 
 Writes DIR/audiocaps (WAV + captions), DIR/vggsound (MP4 of class shapes + a PNG picture of the events per clip) and
-DIR/neutral (MP4 of class-neutral shapes), each with synthfoley_{split}.json holding the clips' true events.
+DIR/neutral (MP4 of class-neutral shapes), each with synthfoley_{split}.json holding the clips' true events, and the
+audio-prompt clips (always 2 s, their first 0.8 s the prompt): DIR/continuation (WAV + captions, for
+audio-continuation) and DIR/multicondition (MP4 of class-neutral shapes + a text, for video-text-audio-to-audio).
 """
 
 
@@ -491,6 +497,10 @@ def add_synthfoley_parser(commands, formatter_class) -> None:
     sf.add_argument("--neutral-train", type=int, metavar="N", help="training clips also written as class-neutral "
                     "videos (default: --video-train)")
     sf.add_argument("--seed", type=int, default=1, help="seed of the clips (the demo trains and tests on seed 0)")
+    sf.add_argument("--duration", type=float, default=CLIP_SECONDS, metavar="S",
+                    help=f"seconds per clip of audiocaps/, vggsound/ and neutral/: {CLIP_SECONDS:g} (the training "
+                    f"clips) or a multiple of it (long-form test clips: independent {CLIP_SECONDS:g} s segments, each "
+                    "drawn like a training clip, with videos at the same 10 fps throughout)")
     sf.add_argument("--workers", type=int, default=2, metavar="N", help="processes writing the clips")
     sf.set_defaults(handler=cmd_synthfoley, subparser=sf)
 
@@ -498,12 +508,15 @@ def add_synthfoley_parser(commands, formatter_class) -> None:
 def cmd_synthfoley(args, parser) -> int:
     if args.train < 0 or args.test < 0 or args.train + args.test == 0:
         parser.error("--train and --test must not be negative, and not both 0")
+    segments = args.duration / CLIP_SECONDS
+    if args.duration <= 0 or (args.duration > CLIP_SECONDS and abs(segments - round(segments)) > 1e-6):
+        parser.error(f"--duration must be positive, and a multiple of {CLIP_SECONDS:g} above {CLIP_SECONDS:g}")
     if args.out.exists() and any(args.out.iterdir()):
         raise ValueError(f"--out {args.out} is not empty; choose a new folder.")
     check_writable(args.out)
     folders = write_synthfoley(args.out, train=args.train, test=args.test, seed=args.seed, video_train=args.video_train,
-                               neutral_train=args.neutral_train, workers=args.workers)  # fmt: skip
-    print(f"wrote {args.train} training and {args.test} test clips (seed {args.seed}) into "
+                               neutral_train=args.neutral_train, workers=args.workers, duration=args.duration)  # fmt: skip
+    print(f"wrote {args.train} training and {args.test} test clips ({args.duration:g} s, seed {args.seed}) into "
           f"{', '.join(str(folder) for folder in folders.values())}")
     return 0
 

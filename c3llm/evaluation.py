@@ -2,8 +2,9 @@
 
 Tasks per dataset: AudioCaps → audio-to-text (caption metrics) and text-to-audio (FAD, KL, IS, CLAP score);
 Clotho → audio-to-text; VGGSound and VAS → video-to-audio (FAD, KL, IS and the onset metrics); SynthFoley (a folder
-written by `c3llm.synthfoley.synthfoley.write_synthfoley`) → all seven tasks, scored strictly against the clips' true
-events (`c3llm.synthfoley.scoring`) with 95% intervals and per-clip records. Sampling settings left unset come from
+written by `c3llm.synthfoley.synthfoley.write_synthfoley`) → every task, scored strictly against the clips' true
+events (`c3llm.synthfoley.scoring`) with 95% intervals and per-clip records (audio-prompt tasks: the generated audio
+after the prompt against the clip's rest). Sampling settings left unset come from
 the model's `generation_config`. Writes `results.json` and `results.md` (our row beside the paper's C3LLM and CoDi
 rows), on request the generated WAVs, and the `model-index` (and evaluation table) of a model card.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from c3llm.data.datasets import _load_source_audio
+from c3llm.data.datasets import _load_source_audio, prompt_frames
 from conversion.model_card import update_model_index
 from modeling_c3llm.generation_c3llm import DECODINGS
 from processing_c3llm.media_c3llm import write_text, write_wav
@@ -93,13 +94,51 @@ def _batches(rows: list, size: int):
 
 
 def _reference_audio(row: dict, rate: int) -> np.ndarray:
+    """The clip's audio at `rate`; for a row with `prompt_seconds` the part after the prompt, what is generated."""
+    wave = _load_source_audio(row["audio_path"], row["video_path"], rate)
+    return wave[round(row["prompt_seconds"] * rate) :] if row.get("prompt_seconds") is not None else wave
 
-    return _load_source_audio(row["audio_path"], row["video_path"], rate)
+
+def with_prompt_codes(model, processor, rows: list[dict]) -> list[dict]:
+    """Rows of an audio-prompt task with their `audio_prompt_codes` and `continuation_seconds` (the clip's length
+    after the prompt, the audio to generate). Rows without precomputed codes get the codes of their clip's first
+    `prompt_seconds` (its WAV, or its video's audio), encoded by the model's codec and trimmed to
+    `round(prompt_seconds * frame_rate)` frames."""
+    rate = processor.codec_feature_extractor.sampling_rate
+    frame_rate = model.config.frame_rate
+    weight = next(model.codec.parameters())
+    out = []
+    for row in rows:
+        if row.get("prompt_seconds") is None:
+            raise ValueError(f"clip {row.get('id')!r} has no prompt_seconds: which part of it is the audio prompt?")
+        frames = prompt_frames(row["prompt_seconds"], frame_rate)
+        if row.get("audio_prompt_codes") is not None:
+            codes = np.asarray(row["audio_prompt_codes"], dtype=np.int64)
+            rest = row["audio_codes"] if row.get("audio_codes") is not None else None
+            seconds = None if rest is None else len(rest[0]) / frame_rate
+        else:
+            wave = _load_source_audio(row["audio_path"], row["video_path"], rate)
+            inputs = processor.prepare_audio_target(wave[: round(row["prompt_seconds"] * rate)], sampling_rate=rate)
+            padding_mask = inputs.get("padding_mask")
+            with torch.no_grad():
+                encoded = model.encode_audio(inputs["input_values"].to(weight.device, weight.dtype),
+                                             None if padding_mask is None else padding_mask.to(weight.device))
+            codes = encoded[0, :, :frames].cpu().numpy().astype(np.int64)
+            seconds = len(wave) / rate - frames / frame_rate
+        out.append({**row, "audio_prompt_codes": codes, "continuation_seconds": seconds})
+    return out
+
+
+def _continuation_seconds(rows: list[dict]) -> float | None:
+    seconds = [row["continuation_seconds"] for row in rows if row.get("continuation_seconds") is not None]
+    return max(seconds) if seconds else None
 
 
 def generate_outputs(model, processor, task: str, rows: list[dict], settings: EvalSettings, bar) -> list[Any]:
     """Captions (text tasks) or mono waveforms at the model's rate (audio tasks), one per row, in batches of
-    `settings.batch_size`; each row gives the inputs of `task` from its columns (`example_inputs`)."""
+    `settings.batch_size`; each row gives the inputs of `task` from its columns (`example_inputs`). An audio-prompt
+    task's rows get their prompt codes (`with_prompt_codes`) and, without `settings.seconds`, each batch generates
+    the length of its clips after the prompt."""
     outputs: list[Any] = []
     text = TASKS[task].output == "text"
     names = ("do_sample", "top_k", "max_new_tokens") if text else ("do_sample", "top_k", "guidance_scale", "decoding",
@@ -107,15 +146,21 @@ def generate_outputs(model, processor, task: str, rows: list[dict], settings: Ev
     sampling = {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
     if not text and settings.seconds is not None:
         sampling["audio_length_in_s"] = settings.seconds
+    prompted = "audio_prompt" in TASKS[task].inputs
     for batch in _batches(rows, settings.batch_size):
+        kwargs = dict(sampling)
+        if prompted:
+            batch = with_prompt_codes(model, processor, batch)
+            if settings.seconds is None and (seconds := _continuation_seconds(batch)) is not None:
+                kwargs["audio_length_in_s"] = seconds
         inputs = processor(**batch_inputs([example_inputs(row, task) for row in batch])).to(model.device)
         with torch.no_grad():
             if text:
-                ids = model.generate(**inputs, **sampling)
+                ids = model.generate(**inputs, **kwargs)
                 texts = processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 outputs += [t.strip() for t in texts]
             else:
-                out = model.generate(**inputs, **sampling)
+                out = model.generate(**inputs, **kwargs)
                 outputs += [np.asarray(w, dtype=np.float32).mean(axis=0) for w in processor.decode_audio(out)]
         bar.update(len(batch))
     return outputs
@@ -133,8 +178,13 @@ def save_audio(task: str, rows: list[dict], waves: list[np.ndarray], rate: int, 
 
 
 def synthfoley_scores(task: str, rows: list[dict], outputs: list[Any], rate: int, settings: EvalSettings):
-    """`(scores, intervals, records)` of one SynthFoley task against the clips' true events."""
-    truth = scoring.clip_events(settings.data_dir, registry.DATASETS["synthfoley"].layout(task).folder, settings.split)
+    """`(scores, intervals, records)` of one SynthFoley task against the clips' true events; an audio-prompt task's
+    outputs are the audio after each clip's prompt (`scoring.PROMPT_SCORERS`)."""
+    folder = registry.DATASETS["synthfoley"].layout(task).folder
+    if task in scoring.PROMPT_SCORERS:
+        entries = scoring.clip_entries(settings.data_dir, folder, settings.split)
+        return scoring.PROMPT_SCORERS[task](rows, outputs, rate, entries, settings.seed)
+    truth = scoring.clip_events(settings.data_dir, folder, settings.split)
     if TASKS[task].output == "text":
         return scoring.score_captions(rows, outputs, truth)
     return scoring.score_audio(task, rows, outputs, rate, truth, settings.seed)

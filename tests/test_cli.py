@@ -98,7 +98,7 @@ HELP_FLAGS = {
     "demo": ["--out", "--train-clips", "--video-clips", "--neutral-clips", "--test-clips", "--steps", "--batch-size",
              "--learning-rate", "--condition-dropout", "--guidance-scale", "--masked-layers", "--masked-train-steps", "--masked-steps", "--masked-tasks",
              "--workers", "--seed", "--codec"],
-    "synthfoley": ["--out", "--train", "--test", "--video-train", "--neutral-train", "--seed", "--workers"],
+    "synthfoley": ["--out", "--train", "--test", "--video-train", "--neutral-train", "--seed", "--duration", "--workers"],
     "eval": ["--model", "--dataset", "--data-dir", "--split", "--tasks", "--out", "--max-clips", "--batch-size",
              "--seconds", "--max-new-tokens", "--greedy", "--top-k", "--guidance-scale", "--decoding", "--decoding-steps",
              "--save-audio", "--seed",

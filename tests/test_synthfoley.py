@@ -18,6 +18,7 @@ from c3llm.synthfoley.synthfoley import (
     EVENT_CLASSES,
     EVENT_VISUALS,
     LAYOUTS,
+    PROMPT_LAYOUTS,
     MIN_GAP,
     NEUTRAL_VISUAL,
     Clip,
@@ -286,7 +287,7 @@ def test_vggsound_appends_without_duplicates(tmp_path):
 
 def test_write_synthfoley_splits_are_disjoint(tmp_path):
     roots = write_synthfoley(tmp_path, train=3, test=2, seed=0)
-    assert roots == {layout: tmp_path / layout for layout in LAYOUTS}
+    assert roots == {layout: tmp_path / layout for layout in LAYOUTS + PROMPT_LAYOUTS}
     train = json.loads((roots["audiocaps"] / "synthfoley_train.json").read_text(encoding="utf-8"))
     test = json.loads((roots["audiocaps"] / "synthfoley_test.json").read_text(encoding="utf-8"))
     assert len(train) == 3 and len(test) == 2 and not set(train) & set(test)
@@ -340,7 +341,8 @@ def test_write_synthfoley_in_worker_processes_writes_the_same_files(tmp_path):
     one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
     assert list(one) == list(two)
     suffixes = [name.rsplit(".", 1)[-1] for name in one]
-    assert (suffixes.count("wav"), suffixes.count("png"), suffixes.count("mp4")) == (7, 6, 6 + 5)
+    # audio 5 + 2 and continuation 5 + 2 WAVs; class videos 4 + 2, neutral 3 + 2 and multicondition 3 + 2 MP4s
+    assert (suffixes.count("wav"), suffixes.count("png"), suffixes.count("mp4")) == (7 + 7, 6, 6 + 5 + 5)
     videos = [name for name in one if name.endswith(".mp4")]
     assert all(one[name] == two[name] for name in one if name not in videos)  # CSVs, sidecars, WAVs and PNGs
     # libx264 may, rarely, encode a clip a little differently in a process that has encoded other clips before.

@@ -27,7 +27,14 @@ INPUT_COLUMNS = {
     "audio": lambda example: {"audio": example.get("audio_path")},
     "video": _video,
     "image": lambda example: {"images": next((example[c] for c in ("image", "image_path") if example.get(c) is not None), None)},
+    # EnCodec codes of the clip's head, from `add_audio_codes` on rows with `prompt_seconds` (evaluation encodes them
+    # itself: `c3llm.evaluation.with_prompt_codes`)
+    "audio_prompt": lambda example: {"audio_prompt_codes": _codes(example.get("audio_prompt_codes"))},
 }  # fmt: skip
+
+
+def _codes(codes: Any) -> np.ndarray | None:
+    return None if codes is None else np.asarray(codes, dtype=np.int64)
 
 
 def task_of(example: dict[str, Any], task: str | None = None) -> Task:

@@ -48,6 +48,9 @@ EXAMPLE_FEATURES = Features(
     {"id": _STRING, "task": _STRING, "audio_path": _STRING, "video_path": _STRING, "image_path": _STRING,
      "caption": _STRING, "captions": List(_STRING), "label": _STRING}
 )  # fmt: skip
+# Loaders given `prompt_seconds` add this column: the head of each clip that is an audio prompt (audio-continuation and
+# video-text-audio-to-audio), split off its codes by `add_audio_codes`.
+PROMPT_FEATURES = Features({**EXAMPLE_FEATURES, "prompt_seconds": Value("float64")})
 Loaded = tuple[Dataset | IterableDataset, "LoadReport"]
 
 
@@ -183,14 +186,18 @@ _PROBES = {"audio": probe_audio, "video": probe_video, "video+audio": partial(pr
 def _example(
     id: str, task: str, audio_path: str | None = None, video_path: str | None = None, image_path: str | None = None,
     captions: Sequence[str] = (), label: str | None = None, require_audio: bool = False,
+    prompt_seconds: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     captions = [c.strip() for c in captions if c and c.strip()]
     checks = [(audio_path, "audio")] if audio_path else []
     checks += [(video_path, "video+audio" if require_audio else "video")] if video_path else []
     checks += [(image_path, "image")] if image_path else []
     caption = captions[0] if captions else None
-    return {"id": id, "task": task, "audio_path": audio_path, "video_path": video_path, "image_path": image_path,
-            "caption": caption, "captions": captions, "label": label, "_checks": checks}  # fmt: skip
+    example = {"id": id, "task": task, "audio_path": audio_path, "video_path": video_path, "image_path": image_path,
+               "caption": caption, "captions": captions, "label": label, "_checks": checks}  # fmt: skip
+    if prompt_seconds is not None:
+        example["prompt_seconds"] = float(prompt_seconds)
+    return example
 
 
 def _check(example: dict[str, Any], report: LoadReport) -> bool:
@@ -203,8 +210,14 @@ def _check(example: dict[str, Any], report: LoadReport) -> bool:
     return True
 
 
+def _features(examples: list[dict[str, Any]]) -> Features:
+    return PROMPT_FEATURES if any("prompt_seconds" in example for example in examples) else EXAMPLE_FEATURES
+
+
 def _public(example: dict[str, Any]) -> dict[str, Any]:
-    return {name: example[name] for name in EXAMPLE_FEATURES}
+    return {name: example[name] for name in EXAMPLE_FEATURES if name in example} | (
+        {"prompt_seconds": example["prompt_seconds"]} if "prompt_seconds" in example else {}
+    )
 
 
 def _yield_examples(examples: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -231,7 +244,7 @@ def _build(examples: list[dict[str, Any]], name: str, streaming: bool, cache_dir
     report = LoadReport(name=name)
     if streaming:  # files are probed lazily, while iterating
         gen_kwargs = {"examples": examples, "report": report}
-        stream = IterableDataset.from_generator(_stream_examples, features=EXAMPLE_FEATURES, gen_kwargs=gen_kwargs)
+        stream = IterableDataset.from_generator(_stream_examples, features=_features(examples), gen_kwargs=gen_kwargs)
         return stream, report
     kept = [example for example in examples if _check(example, report)]
     # The fingerprint covers the examples and each file's size and mtime, so that `map` caches built on this dataset
@@ -240,7 +253,7 @@ def _build(examples: list[dict[str, Any]], name: str, streaming: bool, cache_dir
     kept = [_public(example) for example in kept]
     fingerprint = _hash([_CACHE_VERSION, name, kept, stats])
     dataset = Dataset.from_generator(
-        _yield_examples, features=EXAMPLE_FEATURES, gen_kwargs={"examples": kept}, cache_dir=cache_dir,
+        _yield_examples, features=_features(kept), gen_kwargs={"examples": kept}, cache_dir=cache_dir,
         fingerprint=fingerprint,
     )  # fmt: skip
     if report.skipped:
@@ -268,9 +281,11 @@ def load_audiocaps(
     root: str | os.PathLike, split: str, csv_template: str = "{split}.csv",
     audio_template: str | Sequence[str] = ("audio/{split}/{youtube_id}.wav", "audio/{youtube_id}.wav"),
     task: str = "text-to-audio", streaming: bool = False, cache_dir: str | None = None,
+    prompt_seconds: float | None = None,
 ) -> Loaded:  # fmt: skip
     """AudioCaps: `{split}.csv` (`audiocap_id,youtube_id,start_time,caption`); rows of one clip become one example
-    whose `captions` lists all of them. The first existing file among the `audio_template`s is used."""
+    whose `captions` lists all of them. The first existing file among the `audio_template`s is used. With
+    `prompt_seconds`, every example gets that `prompt_seconds` column (the clip's head is an audio prompt)."""
     root = os.path.abspath(root)
     csv_path = os.path.join(root, csv_template.format(split=split))
     rows = _read_csv(csv_path)
@@ -285,7 +300,7 @@ def load_audiocaps(
         candidates = [os.path.join(root, t.format(**fields)) for t in templates]
         path = next((c for c in candidates if os.path.isfile(c)), candidates[0])
         captions = [row["caption"] for row in group]
-        examples.append(_example(youtube_id, task, audio_path=path, captions=captions))
+        examples.append(_example(youtube_id, task, audio_path=path, captions=captions, prompt_seconds=prompt_seconds))
     return _build(examples, f"audiocaps/{split}", streaming, cache_dir)
 
 
@@ -316,12 +331,13 @@ def load_vggsound(
     root: str | os.PathLike, split: str, csv_template: str = "vggsound.csv",
     video_template: str = "video/{youtube_id}_{start_seconds:06d}.mp4", task: str = "video-to-audio",
     require_audio: bool = True, image_template: str | None = None, streaming: bool = False,
-    cache_dir: str | None = None,
+    cache_dir: str | None = None, prompt_seconds: float | None = None,
 ) -> Loaded:  # fmt: skip
     """VGGSound: header-less `vggsound.csv` rows `youtube_id,start_seconds,label,split`; the mp4 carries the audio
     (with `require_audio`, clips without an audio stream are skipped). With `image_template` (e.g.
     `"image/{youtube_id}.png"`, the same fields as `video_template`) each example also gets that `image_path`, and
-    clips whose image is missing or unreadable are skipped."""
+    clips whose image is missing or unreadable are skipped. With `prompt_seconds`, every example gets that
+    `prompt_seconds` column (the clip's head is an audio prompt)."""
     root = os.path.abspath(root)
     csv_path = os.path.join(root, csv_template.format(split=split))
     examples = []
@@ -336,7 +352,8 @@ def load_vggsound(
         image_path = os.path.join(root, image_template.format(**fields)) if image_template else None
         example_id = f"{youtube_id}_{start:06d}"
         examples.append(
-            _example(example_id, task, video_path=path, image_path=image_path, label=label, require_audio=require_audio)
+            _example(example_id, task, video_path=path, image_path=image_path, label=label, require_audio=require_audio,
+                     prompt_seconds=prompt_seconds)
         )
     return _build(examples, f"vggsound/{split}", streaming, cache_dir)
 
@@ -484,7 +501,13 @@ def _map_examples(batch: dict[str, list], step: Any, columns: Sequence[str], **k
     return out
 
 
-def _audio_codes(example: dict, model: Any, processor: Any, max_samples: int | None, column: str) -> dict:
+def prompt_frames(prompt_seconds: float, frame_rate: float) -> int:
+    """Codec frames of an audio prompt of `prompt_seconds`: `round(prompt_seconds * frame_rate)`."""
+    return round(prompt_seconds * frame_rate)
+
+
+def _audio_codes(example: dict, model: Any, processor: Any, max_samples: int | None, column: str,
+                 split_prompt: bool = False) -> dict:  # fmt: skip
     rate = processor.codec_feature_extractor.sampling_rate
     waveform = _load_source_audio(example["audio_path"], example["video_path"], rate)[:max_samples]
     # One clip per call: the codes then never depend on which clips share a batch (or a worker).
@@ -496,7 +519,15 @@ def _audio_codes(example: dict, model: Any, processor: Any, max_samples: int | N
         None if padding_mask is None else padding_mask.to(weight.device),
     )
     frames = math.ceil(len(waveform) / model.config.hop_length)
-    return {column: codes[0, :, :frames].cpu().numpy().astype(np.int16)}
+    codes = codes[0, :, :frames].cpu().numpy().astype(np.int16)
+    if not split_prompt:
+        return {column: codes}
+    if example.get("prompt_seconds") is None:
+        return {column: codes, "audio_prompt_codes": None}
+    head = prompt_frames(example["prompt_seconds"], model.config.frame_rate)
+    if not 0 < head < codes.shape[1]:
+        raise ValueError(f"a {example['prompt_seconds']} s prompt leaves no codes of a {frames}-frame clip.")
+    return {column: codes[:, head:], "audio_prompt_codes": codes[:, :head]}
 
 
 def _clap_inputs(example: dict, processor: Any) -> dict:
@@ -592,16 +623,24 @@ def add_audio_codes(
 ) -> tuple[Dataset, LoadReport]:  # fmt: skip
     """Adds EnCodec codes `(num_codebooks, frames)` of each example's target audio (`audio_path`, else the audio
     track of `video_path`), trimmed to `ceil(samples / hop_length)` frames. `max_seconds` keeps the head of longer
-    clips. With `num_proc > 1`, forked workers share the model (see `_Shared`); keep `num_proc=None` for a GPU model."""
+    clips. With `num_proc > 1`, forked workers share the model (see `_Shared`); keep `num_proc=None` for a GPU model.
+
+    A dataset with a `prompt_seconds` column (audio-prompt tasks) also gets `audio_prompt_codes`: a row with a
+    `prompt_seconds` keeps the first `round(prompt_seconds * model.config.frame_rate)` frames of its clip's codes
+    there (the prompt) and the rest in `column` (the target); the other rows get `None` there."""
     max_samples = None if max_seconds is None else int(max_seconds * processor.codec_feature_extractor.sampling_rate)
+    split_prompt = "prompt_seconds" in (dataset.column_names or [])
     key = [
         model.config.codec_config.to_dict(), model.config.num_codebooks, model.config.hop_length,
         module_hash(model.codec), _config_dict(processor.codec_feature_extractor), max_samples, column,
-    ]  # fmt: skip
+    ] + ([("audio_prompt_codes", model.config.frame_rate)] if split_prompt else [])  # fmt: skip
+    codes_feature = List(List(Value("int16")))
+    new_features = {column: codes_feature, **({"audio_prompt_codes": codes_feature} if split_prompt else {})}
     return _preprocess(
         dataset, _audio_codes,
-        {"model": model, "processor": processor, "max_samples": max_samples, "column": column},
-        {column: List(List(Value("int16")))}, key, ("audio_path", "video_path"), batch_size, num_proc,
+        {"model": model, "processor": processor, "max_samples": max_samples, "column": column,
+         "split_prompt": split_prompt},
+        new_features, key, ("audio_path", "video_path"), batch_size, num_proc,
         load_from_cache_file, "add_audio_codes",
     )  # fmt: skip
 
@@ -642,6 +681,6 @@ def add_video_features(
 
 __all__ = [
     "EXAMPLE_FEATURES", "LoadReport", "add_audio_codes", "add_clap_inputs", "add_video_features",
-    "compute_video_features", "load_audiocaps", "load_clotho", "load_folder", "load_vas", "load_vggsound",
-    "load_video_audio", "module_hash", "probe_audio", "probe_image", "probe_video",
+    "PROMPT_FEATURES", "compute_video_features", "load_audiocaps", "load_clotho", "load_folder", "load_vas", "load_vggsound",
+    "load_video_audio", "module_hash", "prompt_frames", "probe_audio", "probe_image", "probe_video",
 ]  # fmt: skip

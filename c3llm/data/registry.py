@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from c3llm.data import datasets
+from c3llm.synthfoley.synthfoley import PROMPT_SECONDS
 from processing_c3llm.processing_c3llm import TASKS
 
 
@@ -65,13 +66,17 @@ class DatasetSpec:
 
 # SynthFoley (`c3llm.synthfoley.synthfoley.write_synthfoley`): the same clips as audio (AudioCaps layout), as videos
 # of class shapes with a picture of their events (VGGSound layout) and as videos of class-neutral shapes, where only
-# the text can give the classes (VGGSound layout).
+# the text can give the classes (VGGSound layout); and clips of their own whose first PROMPT_SECONDS are an audio
+# prompt (rows with `prompt_seconds`): continuations of a class palette (AudioCaps layout) and the multi-condition
+# clips, a class-neutral video, a text naming one class and a prompt of another (VGGSound layout).
 SYNTHFOLEY_TASKS = tuple(TASKS)
 SYNTHFOLEY_PARTS = (
     Layout("audiocaps", "audiocaps", ("text-to-audio", "audio-to-text")),
     Layout("vggsound", "vggsound", ("video-to-audio", "video-to-caption", "image-to-audio", "image-text-to-audio"),
            {"image_template": "image/{youtube_id}.png"}),
     Layout("neutral", "vggsound", ("video-text-to-audio",)),
+    Layout("continuation", "audiocaps", ("audio-continuation",), {"prompt_seconds": PROMPT_SECONDS}),
+    Layout("multicondition", "vggsound", ("video-text-audio-to-audio",), {"prompt_seconds": PROMPT_SECONDS}),
 )  # fmt: skip
 
 DATASETS: dict[str, DatasetSpec] = {

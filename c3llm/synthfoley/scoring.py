@@ -10,6 +10,14 @@
   clip's video (the chance level) and `onset_f1_gap` is the difference, both with bootstrap intervals. Lenient: the
   share of generated onsets within 0.1 s of any visual onset.
 
+* Audio prompts (audio-continuation, video-text-audio-to-audio): the generated audio is the continuation alone, its
+  time 0 the clip's `prompt_seconds`. Continuation: `continuation_in_prompt_classes` is the share of clips with at
+  least one detected event whose detected classes are all among the prompt's classes. Multi-condition, one measure
+  per condition: `prompt_class_present` (the prompt's class P is detected: the audio prompt's information),
+  `text_class_present` (the text's class T is detected) and the onset measures against the continuation's visual
+  onsets (the video's). Each has a `_mismatched` control: the same audio scored against the next clip's prompt
+  classes, P, T or video, the chance level.
+
 Rates carry Wilson 95% intervals, F1 figures bootstrap 95% intervals (clips resampled).
 """
 
@@ -38,6 +46,12 @@ MEASURES = {
     "lenient_class_set": "Lenient: caption names the same class set",
     "lenient_classes_present": "Lenient: requested classes among the detected",
     "lenient_onset_precision": "Lenient: generated onsets near any visual onset",
+    "continuation_in_prompt_classes": "Continuation holds only the prompt's classes",
+    "continuation_in_prompt_classes_mismatched": "Continuation holds only a mismatched prompt's classes",
+    "prompt_class_present": "Audio prompt's class present",
+    "prompt_class_present_mismatched": "A mismatched audio prompt's class present",
+    "text_class_present": "Text's class present",
+    "text_class_present_mismatched": "A mismatched text's class present",
 }
 
 
@@ -48,6 +62,16 @@ def clip_events(data_dir: str | Path, folder: str, split: str) -> dict[str, list
         raise FileNotFoundError(f"{path} not found: is {data_dir} a SynthFoley folder (written by write_synthfoley)?")
     sidecar = json.loads(path.read_text(encoding="utf-8"))
     return {Path(entry["file"]).name: entry["events"] for entry in sidecar.values()}
+
+
+def clip_entries(data_dir: str | Path, folder: str, split: str) -> dict[str, dict]:
+    """The sidecar entries (events, caption and, for audio-prompt clips, `prompt_seconds` and the classes) of every
+    clip of a layout folder, by media file name."""
+    path = Path(data_dir) / folder / f"synthfoley_{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a SynthFoley folder (written by write_synthfoley)?")
+    sidecar = json.loads(path.read_text(encoding="utf-8"))
+    return {Path(entry["file"]).name: entry for entry in sidecar.values()}
 
 
 def row_events(row: dict, truth: dict[str, list[dict]]) -> list[dict]:
@@ -131,4 +155,84 @@ def onset_sync_scores(records: list[dict], seed: int = 0) -> tuple[dict, dict]:
     return scores, intervals
 
 
-__all__ = ["MEASURES", "clip_events", "onset_sync_scores", "row_events", "score_audio", "score_captions"]
+def holds_prompt_classes(detected: list[str], allowed: list[str]) -> bool:
+    """At least one detected event, and every detected class among `allowed`."""
+    return bool(detected) and set(detected) <= set(allowed)
+
+
+def _prompt_parts(row: dict, entries: dict[str, dict]) -> tuple[dict, float, list[dict], list[dict]]:
+    """A row's sidecar entry, its prompt length and its events before and after it (these shifted to the
+    continuation's time)."""
+    entry = row_events(row, entries)
+    prompt_seconds = float(entry["prompt_seconds"])
+    prompt = [event for event in entry["events"] if event["onset"] < prompt_seconds]
+    after = [{**event, "onset": event["onset"] - prompt_seconds} for event in entry["events"]
+             if event["onset"] >= prompt_seconds]  # fmt: skip
+    return entry, prompt_seconds, prompt, after
+
+
+def continuation_scores(records: list[dict]) -> tuple[dict, dict]:
+    """`(scores, intervals)` of continuation records (`detected_classes`, `prompt_classes`): the rate of
+    `holds_prompt_classes` against each clip's own prompt classes and against the next clip's."""
+    own = [holds_prompt_classes(r["detected_classes"], r["prompt_classes"]) for r in records]
+    other_classes = events.mismatched([r["prompt_classes"] for r in records])
+    other = [holds_prompt_classes(r["detected_classes"], classes) for r, classes in zip(records, other_classes)]
+    scores, intervals = {}, {}
+    for key, flags in (("continuation_in_prompt_classes", own), ("continuation_in_prompt_classes_mismatched", other)):
+        result = events.rate(flags)
+        scores[key], intervals[key] = result["value"], result["ci95"]
+    return scores, intervals
+
+
+def score_continuation(rows: list[dict], waves: list[np.ndarray], sampling_rate: int, entries: dict[str, dict],
+                       seed: int = 0) -> tuple[dict, dict, list[dict]]:  # fmt: skip
+    """`(scores, intervals, records)` of generated continuations (the audio after each clip's prompt)."""
+    records = []
+    for row, wave in zip(rows, waves, strict=True):
+        entry, prompt_seconds, prompt, after = _prompt_parts(row, entries)
+        detected = [event.label for event in detect_events(wave, sampling_rate)]
+        prompt_classes = sorted({event["label"] for event in prompt})
+        records.append({"id": row["id"], "prompt_seconds": prompt_seconds, "prompt_classes": prompt_classes,
+                        "reference_classes": [event["label"] for event in after], "detected_classes": detected,
+                        "holds_prompt_classes": holds_prompt_classes(detected, prompt_classes)})  # fmt: skip
+    scores, intervals = continuation_scores(records)
+    return scores, intervals, records
+
+
+def multicondition_scores(records: list[dict], seed: int = 0) -> tuple[dict, dict]:
+    """`(scores, intervals)` of multi-condition records (`detected_classes`, `prompt_class`, `text_class`,
+    `generated_onsets`, `visual_onsets`): per condition its measure and the same against the next clip's condition."""
+    scores, intervals = {}, {}
+    for key, field in (("prompt_class_present", "prompt_class"), ("text_class_present", "text_class")):
+        wanted = [r[field] for r in records]
+        for name, classes in ((key, wanted), (f"{key}_mismatched", events.mismatched(wanted))):
+            result = events.rate([label in r["detected_classes"] for r, label in zip(records, classes)])
+            scores[name], intervals[name] = result["value"], result["ci95"]
+    timing, timing_intervals = onset_sync_scores(records, seed)
+    return {**scores, **timing}, {**intervals, **timing_intervals}
+
+
+def score_multicondition(rows: list[dict], waves: list[np.ndarray], sampling_rate: int, entries: dict[str, dict],
+                         seed: int = 0) -> tuple[dict, dict, list[dict]]:  # fmt: skip
+    """`(scores, intervals, records)` of generated continuations of the multi-condition clips."""
+    records = []
+    for row, wave in zip(rows, waves, strict=True):
+        entry, prompt_seconds, prompt, after = _prompt_parts(row, entries)
+        detected = detect_events(wave, sampling_rate)
+        records.append({"id": row["id"], "prompt_seconds": prompt_seconds, "text": entry.get("text"),
+                        "prompt_class": entry["prompt_class"], "text_class": entry["text_class"],
+                        "reference_classes": [event["label"] for event in after],
+                        "detected_classes": [event.label for event in detected],
+                        "generated_onsets": [round(event.onset, 4) for event in detected],
+                        "visual_onsets": [round(event["onset"], 4) for event in after]})  # fmt: skip
+    scores, intervals = multicondition_scores(records, seed)
+    return scores, intervals, records
+
+
+# The audio-prompt tasks' scorers: (rows, waves, sampling_rate, sidecar entries by file name, seed) -> results.
+PROMPT_SCORERS = {"audio-continuation": score_continuation, "video-text-audio-to-audio": score_multicondition}
+
+
+__all__ = ["MEASURES", "PROMPT_SCORERS", "clip_entries", "clip_events", "continuation_scores", "holds_prompt_classes",
+           "multicondition_scores", "onset_sync_scores", "row_events", "score_audio", "score_captions",
+           "score_continuation", "score_multicondition"]
