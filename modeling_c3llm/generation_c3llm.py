@@ -213,7 +213,7 @@ class CoarseCodesStream(BaseStreamer):
         self.model, self.timeline, self.span, self.known, self.condition = model, timeline, span, known, condition
         rate = model.config.frame_rate
         self.lookahead = round(timeline.streamer.lookahead_in_s * rate)
-        self.every = math.ceil(timeline.streamer.chunk_length_in_s * rate)
+        self.every = timeline.frames_per_chunk
         self.tokens: list[torch.Tensor] = []
         self.final = 0  # new frames whose codes are final
         self.prompt_seen = False
@@ -602,6 +602,10 @@ class C3LLMGenerationMixin(GenerationMixin):
                 raise ValueError("decoding='masked' streams audio only: pass a C3LLMAudioStreamer.")
             kwargs["streamer"] = r.streamer  # token ids, as transformers streams them
         copies = self._generation_setting(kwargs, "num_return_sequences") or 1
+        if audio_streamer is not None and r.audio_length_in_s is None and not masked and (
+            _caller_sets(kwargs, "max_new_tokens") or self._generation_setting(kwargs, "audio_length_in_s") is None
+        ):
+            raise ValueError("Streaming needs an exact length: pass audio_length_in_s (or set it in generation_config).")
         if audio_streamer is not None and copies > 1:
             raise ValueError("A streamer takes one candidate per prompt; drop num_return_sequences or the streamer.")
         if _caller_sets(kwargs, "max_length") and not _caller_sets(kwargs, "max_new_tokens"):
@@ -673,7 +677,8 @@ class C3LLMGenerationMixin(GenerationMixin):
         if negative is not None and "video_features" not in negative[2] and "pixel_values_videos" in negative[2]:
             negative = (*negative[:2], self._encoded_video(negative[2]))
 
-        timeline = AudioTimeline(self, prefix, prefix.shape[-1] + new, audio_streamer)
+        samples = None if audio_length_in_s is None else round(audio_length_in_s * config.sampling_rate)
+        timeline = AudioTimeline(self, prefix, prefix.shape[-1] + new, audio_streamer, samples)
         sequences = None
         for index, span in enumerate(windows):
             known = timeline.codes[..., span.start : span.start + span.context]

@@ -127,11 +127,13 @@ class AudioTimeline:
     The codes of the whole output `(rows, num_codebooks, frames)`, `-1` where not yet generated, which the windows of
     `generate` fill in order. With a streamer, `finish` decodes the frames finished since the last chunk with
     `CODEC_CONTEXT_SECONDS` of earlier codes before them, crossfades the join and hands out chunks of at least the
-    streamer's length; `audio` is then those chunks end to end. Without one, `audio` decodes the new frames in one pass
+    streamer's length (all the audio decoded so far, in one chunk); `audio` is then those chunks end to end, `samples`
+    long. Without one, `audio` decodes the new frames in one pass
     (with the known prefix before them, so that a continuation joins its prompt without a click).
     """
 
-    def __init__(self, model, prefix: torch.LongTensor, total: int, streamer: C3LLMAudioStreamer | None = None):
+    def __init__(self, model, prefix: torch.LongTensor, total: int, streamer: C3LLMAudioStreamer | None = None,
+                 samples: int | None = None):  # fmt: skip
         config = model.config
         self.model, self.streamer, self.prefix = model, streamer, prefix.shape[-1]
         self.codes = prefix.new_full((prefix.shape[0], config.num_codebooks, total), -1)
@@ -144,6 +146,8 @@ class AudioTimeline:
         self._pending: list[torch.Tensor] = []  # decoded audio not yet handed out
         self._tail: torch.Tensor | None = None  # the last decoded samples, held back for the next crossfade
         self._chunks: list[torch.Tensor] = []
+        self._emitted = 0  # samples handed out
+        self.samples = samples if samples is not None else (total - self.prefix) * self.hop  # of the output
         if streamer is not None:
             causal = getattr(getattr(model.codec, "config", None), "use_causal_conv", True)
             self._lookahead = 0 if causal else NON_CAUSAL_LOOKAHEAD_FRAMES
@@ -197,28 +201,32 @@ class AudioTimeline:
         self._pending.append(audio)
 
     def _hand_out(self, last: bool) -> None:
-        pending = torch.cat(self._pending, -1) if self._pending else None
+        """Hands out the decoded audio as one chunk once it reaches the chunk length, holding back what the last chunk
+        needs to reach it too; at the end, the rest (trimmed to `samples`)."""
+        pending = torch.cat(self._pending, -1) if self._pending else self.codes.new_zeros((0,)).float()
         self._pending = []
-        if pending is None:
-            return
-        remaining = (self.total - self._decoded) * self.hop + (0 if self._tail is None else self._tail.shape[-1])
-        while pending.shape[-1] >= self._chunk:
-            # With an exact length, keep a chunk's worth when less than that would be left for the last chunk.
-            rest = pending.shape[-1] - self._chunk + remaining
-            if not last and self.exact and 0 < rest < self._chunk:
-                break
-            if last and pending.shape[-1] < 2 * self._chunk:
-                break
-            self._emit(pending[..., : self._chunk])
-            pending = pending[..., self._chunk :]
         if last:
+            pending = pending[..., : max(0, self.samples - self._emitted)]
             if pending.shape[-1]:
                 self._emit(pending)
             self.streamer.end()
-        elif pending.shape[-1]:
+            return
+        size = pending.shape[-1]
+        if self.exact:  # what is still to come, and what the last chunk then lacks
+            size -= max(0, self._chunk - (self.samples - self._emitted - size))
+        if size >= self._chunk:
+            self._emit(pending[..., :size])
+            pending = pending[..., size:]
+        if pending.shape[-1]:
             self._pending = [pending]
 
+    @property
+    def frames_per_chunk(self) -> int:
+        """Frames whose decoding gives a chunk (the held-back crossfade included)."""
+        return math.ceil((self._chunk + self._fade) / self.hop)
+
     def _emit(self, chunk: torch.Tensor) -> None:
+        self._emitted += chunk.shape[-1]
         self._chunks.append(chunk)
         self.streamer.on_chunk(chunk)
 
