@@ -35,11 +35,11 @@ from .evaluation import EvalSettings, markdown_tables, model_index_results, run_
 from .training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
 
 CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
-# Share of its layout's training clips each task uses (see `DATASETS["synthfoley"].parts` for the layouts); the demo
-# trains and evaluates these tasks only (not the audio-prompt ones).
+# Share of its layout's training clips each task uses (see `DATASETS["synthfoley"].parts` for the layouts).
 TASK_SHARES = {
     "text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 0.6, "video-to-caption": 0.25,
     "image-to-audio": 0.3, "image-text-to-audio": 0.3, "video-text-to-audio": 1.0,
+    "audio-continuation": 0.5, "video-text-audio-to-audio": 1.0,
 }  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
@@ -130,14 +130,14 @@ def write_demo_data(root: Path, settings: DemoSettings) -> None:
     replaced."""
 
     wanted = {"train": settings.train_clips, "video_train": settings.video_clips,
-              "neutral_train": settings.neutral_clips, "test": settings.test_clips, "seed": settings.seed}  # fmt: skip
+              "neutral_train": settings.neutral_clips, "test": settings.test_clips, "seed": settings.seed,
+              "layouts": sorted(part.folder for part in DATASETS["synthfoley"].parts)}  # fmt: skip
     record = root / "synthfoley.json"
     if record.is_file() and json.loads(record.read_text()) == wanted:
         return
     shutil.rmtree(root, ignore_errors=True)
     write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
-                     video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers,
-                     prompt_layouts=False)  # the demo trains no audio-prompt task
+                     video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers)
     write_text(record, json.dumps(wanted, indent=1) + "\n")
 
 
@@ -148,17 +148,25 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
 
     layouts = {part.folder: part for part in DATASETS["synthfoley"].layouts(TASK_SHARES)}
     loaded = {folder: part.load(root, "train")[0] for folder, part in layouts.items()}
+    for folder, part in layouts.items():  # a layout of one task: only the clips it uses are preprocessed
+        if len(part.tasks) == 1 and TASK_SHARES[part.tasks[0]] < 1:
+            count = max(1, round(TASK_SHARES[part.tasks[0]] * len(loaded[folder])))
+            loaded[folder] = loaded[folder].shuffle(seed=settings.seed).select(range(count))
     audio = loaded.pop("audiocaps")
     audio, _ = data.add_audio_codes(audio, model, processor, num_proc=settings.workers)
-    # The videos show clips of the audio layout: their targets are the codes of the same (lossless) audio.
     codes = dict(zip(audio["id"], audio["audio_codes"]))
-    for folder, videos in loaded.items():
-        video_codes = [codes[video_id.rsplit("_", 1)[0]] for video_id in videos["id"]]  # ids: {youtube_id}_{start}
-        videos = videos.add_column("audio_codes", video_codes, feature=audio.features["audio_codes"])
-        loaded[folder], _ = data.add_video_features(videos, model, processor, num_proc=settings.workers)
+    for folder, clips in loaded.items():
+        if "prompt_seconds" in clips.column_names:  # clips of their own: codes split into the prompt and the target
+            clips, _ = data.add_audio_codes(clips, model, processor, num_proc=settings.workers)
+        else:  # the videos show clips of the audio layout: their targets are the codes of the same (lossless) audio
+            video_codes = [codes[video_id.rsplit("_", 1)[0]] for video_id in clips["id"]]  # ids: {youtube_id}_{start}
+            clips = clips.add_column("audio_codes", video_codes, feature=audio.features["audio_codes"])
+        if layouts[folder].reader == "vggsound":
+            clips, _ = data.add_video_features(clips, model, processor, num_proc=settings.workers)
+        loaded[folder] = clips
     loaded["audiocaps"] = audio
     columns = ["id", "task", "caption", "label", "audio_path", "video_path", "image_path", "audio_codes",
-               "video_features"]
+               "video_features", "audio_prompt_codes", "prompt_seconds"]
     pieces = []
     for folder, part in layouts.items():
         dataset = loaded[folder]
@@ -166,7 +174,7 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
             if column not in dataset.column_names:
                 dataset = dataset.add_column(column, [None] * len(dataset))
         for index, task in enumerate(part.tasks):
-            count = max(1, round(TASK_SHARES[task] * len(dataset)))
+            count = len(dataset) if len(part.tasks) == 1 else max(1, round(TASK_SHARES[task] * len(dataset)))
             clips = dataset.shuffle(seed=settings.seed + index).select(range(count))
             pieces.append(with_tasks(clips, [task]).select_columns(columns))
     return concatenate_datasets(pieces).shuffle(seed=settings.seed)
@@ -323,9 +331,19 @@ def _figure(entry: dict[str, Any], key: str, interval: bool = True) -> str:
     return text + (f" [{form.format(low_high[0])}-{form.format(low_high[1])}]" if low_high else "")
 
 
+# The audio-prompt tasks' measures: each against its mismatched control (`c3llm.synthfoley.scoring`).
+PROMPT_MEASURES = {"continuation_in_prompt_classes": "only the prompt's classes", "prompt_class_present":
+                   "prompt's class", "text_class_present": "text's class", "onset_f1": "onset F1"}  # fmt: skip
+
+
 def _summary_rows(tasks: dict[str, Any]) -> list[str]:
     lines = []
     for task, entry in tasks.items():
+        if "audio_prompt" in TASKS[task].inputs:
+            figures = [f"{name} {_figure(entry, key)} (mismatched {_figure(entry, f'{key}_mismatched', False)})"
+                       for key, name in PROMPT_MEASURES.items() if key in entry["scores"]]  # fmt: skip
+            lines.append(f"  {task:<20} " + "; ".join(figures))
+            continue
         lenient = "lenient_class_set" if TASKS[task].output == "text" else "lenient_classes_present"
         lines.append(f"  {task:<20} {_figure(entry, 'class_sequence_exact'):<22} "
                      f"{_figure(entry, 'class_set_same', False):<9} {_figure(entry, 'onset_f1'):<18} "

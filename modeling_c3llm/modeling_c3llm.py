@@ -15,7 +15,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_c3llm import C3LLMConfig, C3LLMMaskedDecoderConfig, C3LLMNARConfig
-from .generation_c3llm import C3LLMGenerationMixin, cosine_mask_ratio
+from .generation_c3llm import C3LLMGenerationMixin
+from .masked_decoding_c3llm import cosine_mask_ratio
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel
 
 from conversion.build_c3llm import build_tiny, save_folder
-from modeling_c3llm.generation_c3llm import cosine_mask_ratio
+from modeling_c3llm.masked_decoding_c3llm import cosine_mask_ratio
 
 
 def sharp_masked(seed: int = 3):
@@ -281,7 +281,7 @@ def test_model_card_documents_masked_decoding_and_its_example_runs():
 def test_sample_codes_draws_from_the_warped_distribution(top_k, top_p):
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from modeling_c3llm.generation_c3llm import sample_codes
+    from modeling_c3llm.masked_decoding_c3llm import sample_codes
 
     logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]).log_softmax(-1)
     warped = TemperatureLogitsWarper(0.7)(None, logits[None].clone())
