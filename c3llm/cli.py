@@ -2,6 +2,8 @@
 
     c3llm build --tiny --out models/tiny
     c3llm generate --model models/tiny --task text-to-audio --text "a dog barks" --seconds 2 --out dog.wav
+    c3llm generate --model models/tiny --text "rain" --seconds 60 --stream --out rain.wav
+    c3llm generate --model models/tiny --audio-prompt dog.wav --seconds 4 --out more.wav
     c3llm tour --out outputs/tour
     c3llm train c3llm/recipes/stage1.yaml
     c3llm demo --out outputs/demo
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +48,16 @@ FLAG_HELP = {
     "videos": ("MP4", "video file"),
     "video_features": ("NPY", "instead of --video: .npy array of precomputed per-frame features (frames, feature_size)"),
     "images": ("IMG", "image file, e.g. PNG or JPEG"),
+    "audio_prompt_codes": ("WAV", "audio prompt to continue (any rate and channel count): encoded with the model's "
+                           "codec, it must be shorter than the model's window (max_audio_seconds); the output is only "
+                           "the new audio, --seconds long"),
 }
 TOUR_MARKER = ".c3llm-tour"
 TOUR_TEXTS = {  # the tour's prompt per task; other tasks with a text input get the first
     "text-to-audio": "a dog barks in the rain",
     "video-text-to-audio": "footsteps on gravel",
     "image-text-to-audio": "birds singing at dawn",
+    "video-text-audio-to-audio": "a drum keeps the beat",
 }
 
 
@@ -80,6 +88,7 @@ def _number_type(convert, valid, kind: str, rule: str):
 
 
 _positive_float = _number_type(float, lambda x: np.isfinite(x) and x > 0, "a number", "a positive number")
+_chunk_seconds = _number_type(float, lambda x: np.isfinite(x) and x >= 0.5, "a number", "at least 0.5 (seconds)")
 _positive_int = _number_type(int, lambda x: x > 0, "an integer", "a positive integer")
 _non_negative_int = _number_type(int, lambda x: x >= 0, "an integer", "zero or a positive integer")
 
@@ -102,11 +111,20 @@ class TaskResult:
     seconds: float | None = None  # audio tasks
     sampling_rate: int | None = None  # audio tasks
     text: str | None = None  # text tasks
+    chunks: int | None = None  # --stream: the chunks written
+    first_chunk_s: float | None = None  # --stream: seconds from the start of generation to the first chunk on disk
+    generation_s: float | None = None  # seconds the generation took (with --stream: until the last chunk)
 
     def describe(self) -> str:
-        if self.seconds is not None:
-            return f"{self.seconds:.2f} s of audio at {self.sampling_rate} Hz"
-        return repr(self.text)
+        if self.seconds is None:
+            return repr(self.text)
+        text = f"{self.seconds:.2f} s of audio at {self.sampling_rate} Hz"
+        if self.chunks is not None:
+            text += (f"; streamed in {self.chunks} chunk{'s' if self.chunks != 1 else ''}, first after "
+                     f"{self.first_chunk_s:.2f} s")
+        if self.generation_s is not None and self.seconds > 0:
+            text += f"; real-time factor {self.generation_s / self.seconds:.2f} (generation time / audio length)"
+        return text
 
 
 def _given(inputs: TaskInputs) -> list[str]:
@@ -134,6 +152,24 @@ def validate_inputs(task: str, inputs: TaskInputs) -> None:
         raise input_error(e, inputs) from e
 
 
+def infer_task(inputs: TaskInputs) -> str:
+    """The task of `inputs` when `--task` is not given, chosen as the processor does: the first task of `TASKS` that
+    takes exactly the given input kinds, else the first that takes them with some of its optional inputs
+    (--video alone: video-to-audio; --audio-prompt with or without --text: audio-continuation)."""
+    given = set(_given(inputs))
+    kinds = {kind for kind, names in INPUT_ARGUMENTS.items() if given & set(names)}
+    if not kinds:
+        raise CLIError(f"give the inputs of a task ({', '.join(dict.fromkeys(FLAGS.values()))}) and, to choose "
+                       "among the tasks that take them, --task.")  # fmt: skip
+    for matches in (lambda row: set(row.inputs) == kinds,
+                    lambda row: set(row.inputs) <= kinds <= {*row.inputs, *row.optional}):  # fmt: skip
+        for name, row in TASKS.items():
+            if matches(row):
+                return name
+    flags = " + ".join(FLAGS[argument] for argument in FLAGS if argument in given)
+    raise CLIError(f"no task takes {flags} together; see the task table in `c3llm generate --help`.")
+
+
 def _load_video_features(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
@@ -144,10 +180,112 @@ def _load_video_features(path: Path) -> np.ndarray:
     return array
 
 
+def _encode_audio_prompt(model, processor, path: Path) -> Any:
+    """The EnCodec codes `(num_codebooks, frames)` of an audio prompt file (any rate and channel count), checked to be
+    shorter than the model's window, which continues it."""
+    import torch
+
+    target = processor.prepare_audio_target(os.fspath(path))  # MediaError names the file
+    with torch.no_grad():
+        codes = model.encode_audio(**target)[0]
+    config = model.config
+    if codes.shape[-1] >= round(config.max_audio_seconds * config.frame_rate):
+        raise CLIError(f"--audio-prompt {path} is {codes.shape[-1] / config.frame_rate:.2f} s long; this model continues "
+                       f"prompts shorter than its window of {config.max_audio_seconds:g} s (max_audio_seconds): trim "
+                       "it to its last seconds.")  # fmt: skip
+    return codes
+
+
+class StreamingWavWriter:
+    """A 16-bit PCM WAV written chunk by chunk: after every chunk the header's sizes are patched (the standard `wave`
+    module does that on each write) and the file is flushed, so the file on disk is always a complete WAV of the audio
+    so far and a player can open it while the rest is generated. `abort` closes and removes it."""
+
+    def __init__(self, path: str | os.PathLike, sampling_rate: int):
+        self.path, self.sampling_rate = Path(path), int(sampling_rate)
+        self.frames = 0
+        self._file = None
+        self._wav = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        """Appends a float chunk `(channels, samples)` in [-1, 1] (clipped beyond)."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 2:
+            raise ValueError(f"expected a chunk (channels, samples), got shape {chunk.shape}")
+        if not np.isfinite(chunk).all():
+            raise ValueError("the generated audio holds non-finite values (NaN or inf)")
+        if self._wav is None:  # the header is written with the first chunk, whose channel count it takes
+            self._file = open(self.path, "wb")
+            self._wav = wave.open(self._file, "wb")
+            self._wav.setnchannels(chunk.shape[0])
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(self.sampling_rate)
+        elif chunk.shape[0] != self._wav.getnchannels():
+            raise ValueError(f"a chunk has {chunk.shape[0]} channels, the file {self._wav.getnchannels()}")
+        pcm = np.round(np.clip(chunk, -1.0, 1.0) * 32767).astype("<i2")
+        self._wav.writeframes(np.ascontiguousarray(pcm.T).tobytes())
+        self._file.flush()
+        self.frames += chunk.shape[1]
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sampling_rate
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()  # patches the header if needed; leaves our file object open
+            self._file.close()
+            self._wav = self._file = None
+
+    def abort(self) -> None:
+        """Closes and removes the partial file."""
+        try:
+            self.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+def _stream_audio(model, batch, kwargs: dict[str, Any], out: Path, chunk_seconds: float | None,
+                  total: float | None) -> tuple[StreamingWavWriter, int, float]:  # fmt: skip
+    """`model.generate_stream` into `out` chunk by chunk, a progress line per chunk on stderr; returns the writer, the
+    chunk count and the seconds until the first chunk was on disk. On any error the partial file is removed."""
+    writer = StreamingWavWriter(out, model.config.sampling_rate)
+    start, first, count = time.perf_counter(), None, 0
+    try:
+        stream_kwargs = {} if chunk_seconds is None else {"chunk_length_in_s": chunk_seconds}
+        for chunk in model.generate_stream(**batch, **kwargs, **stream_kwargs):
+            writer.write(chunk[0].float().cpu().numpy())
+            count += 1
+            elapsed = time.perf_counter() - start
+            first = elapsed if first is None else first
+            of = f" / {total:.2f}" if total else ""
+            print(f"chunk {count}: {writer.seconds:.2f}{of} s of audio written to {out} ({elapsed:.1f} s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        if count == 0:
+            raise ValueError("generation produced no audio")
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer, count, first
+
+
+# The generate keywords the CLI sets, as its flags, for the model's error messages.
+KEYWORD_FLAGS = {"audio_length_in_s": "--seconds", "window_context_in_s": "--window-context",
+                 "decoding_steps": "--decoding-steps", "max_new_tokens": "--max-new-tokens"}
+
+
+def _with_flags(message: str) -> str:
+    """A model error with the generate keywords the CLI passes named as the CLI's flags."""
+    for keyword, flag in KEYWORD_FLAGS.items():
+        message = re.sub(rf"`?\b{keyword}\b`?", flag, message)
+    return message
+
+
 def run_task(
     model,
     processor,
-    task: str,
+    task: str | None,
     inputs: TaskInputs,
     out: str | os.PathLike,
     *,
@@ -159,10 +297,16 @@ def run_task(
     top_k: int | None = None,
     decoding: str | None = None,
     decoding_steps: int | None = None,
+    window_context: float | None = None,
+    stream: bool = False,
+    chunk_seconds: float | None = None,
 ) -> TaskResult:
-    """Runs one task from files and writes its output: a WAV for audio tasks, a UTF-8 text file for text tasks."""
+    """Runs one task from files and writes its output: a WAV for audio tasks, a UTF-8 text file for text tasks.
+    `task=None` infers it from the inputs (`infer_task`). With `stream`, the WAV is written chunk by chunk while it is
+    generated (`model.generate_stream`) and is a complete WAV after every chunk."""
     import torch
 
+    task = task or infer_task(inputs)
     validate_inputs(task, inputs)
     output_kind = TASKS[task].output
     out = Path(out)
@@ -174,10 +318,24 @@ def run_task(
         raise CLIError(f"--max-new-tokens applies to text tasks; task {task!r} makes audio, use --seconds.")
     if output_kind == "text" and seconds is not None:
         raise CLIError(f"--seconds applies to audio tasks; task {task!r} makes text, use --max-new-tokens.")
+    if output_kind == "text":
+        for flag, value in (("--window-context", window_context), ("--stream", stream or None),
+                            ("--chunk-seconds", chunk_seconds)):  # fmt: skip
+            if value is not None:
+                raise CLIError(f"{flag} applies to audio tasks; task {task!r} makes text.")
+    if chunk_seconds is not None and not stream:
+        raise CLIError("--chunk-seconds sets the chunks of --stream; add --stream.")
+    config = model.config
     if output_kind == "audio" and seconds is not None:
-        limit = 10 * float(model.config.max_audio_seconds)  # what C3LLMForConditionalGeneration.generate accepts
+        # Beyond max_audio_seconds (the model's window) the model generates in windows, up to max_generation_seconds.
+        limit = float(getattr(config, "max_generation_seconds", config.max_audio_seconds))
         if seconds > limit:
-            raise CLIError(f"--seconds must be at most {limit:g} for this model, got {seconds:g}.")
+            raise CLIError(f"--seconds must be at most {limit:g} for this model (its max_generation_seconds; its "
+                           f"window is {config.max_audio_seconds:g} s, longer audio is generated in windows), "
+                           f"got {seconds:g}.")  # fmt: skip
+    if window_context is not None and not window_context < config.max_audio_seconds:
+        raise CLIError(f"--window-context must be shorter than the model's window of {config.max_audio_seconds:g} s "
+                       f"(max_audio_seconds), got {window_context:g}.")  # fmt: skip
     if greedy and (temperature is not None or top_k is not None):
         raise CLIError("--greedy picks the most likely token; it cannot be combined with --temperature or --top-k.")
     if decoding_steps is not None and decoding != "masked":
@@ -189,6 +347,8 @@ def run_task(
     if "video_features" in arguments:
         arguments["video_features"] = _load_video_features(inputs["video_features"])
     try:
+        if "audio_prompt_codes" in arguments:
+            arguments["audio_prompt_codes"] = _encode_audio_prompt(model, processor, Path(arguments["audio_prompt_codes"]))
         batch = processor(**arguments, task=task)
     except ValueError as e:  # MediaError too
         raise input_error(e, inputs) from e
@@ -209,17 +369,27 @@ def run_task(
             kwargs["decoding"] = decoding
         if decoding_steps is not None:
             kwargs["decoding_steps"] = decoding_steps
+        if window_context is not None:
+            kwargs["window_context_in_s"] = window_context
         torch.manual_seed(seed)
+        start = time.perf_counter()
+        if stream:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            total = seconds if seconds is not None else getattr(model.generation_config, "audio_length_in_s", None)
+            writer, chunks, first = _stream_audio(model, batch, kwargs, out, chunk_seconds, total)
+            return TaskResult(task, out, seconds=writer.seconds, sampling_rate=writer.sampling_rate, chunks=chunks,
+                              first_chunk_s=first, generation_s=time.perf_counter() - start)  # fmt: skip
         generated = model.generate(**batch, **kwargs)
+        generation_s = time.perf_counter() - start
     except ValueError as e:
-        raise CLIError(str(e)) from e
+        raise CLIError(_with_flags(str(e))) from e
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if output_kind == "audio":
         waveform = processor.decode_audio(generated)[0]
         rate = int(generated["sampling_rate"])
         write_wav(out, waveform, rate)
-        return TaskResult(task, out, seconds=waveform.shape[-1] / rate, sampling_rate=rate)
+        return TaskResult(task, out, seconds=waveform.shape[-1] / rate, sampling_rate=rate, generation_s=generation_s)
     new_ids = generated[:, batch["input_ids"].shape[1] :]
     text = processor.batch_decode(new_ids, skip_special_tokens=True)[0].strip()
     write_text(out, text + "\n")
@@ -255,12 +425,14 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 # ---- generate -------------------------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     inputs = {argument: getattr(args, argument) for argument in FLAGS}
-    validate_inputs(args.task, inputs)  # before the (slow) model load
+    task = args.task or infer_task(inputs)
+    validate_inputs(task, inputs)  # before the (slow) model load
     model, processor = load_model(args.model)
-    result = run_task(model, processor, args.task, inputs, args.out, seconds=args.seconds,
+    result = run_task(model, processor, task, inputs, args.out, seconds=args.seconds,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, greedy=args.greedy,
                       temperature=args.temperature, top_k=args.top_k, decoding=args.decoding,
-                      decoding_steps=args.decoding_steps)  # fmt: skip
+                      decoding_steps=args.decoding_steps, window_context=args.window_context, stream=args.stream,
+                      chunk_seconds=args.chunk_seconds)  # fmt: skip
     print(f"{result.task}: wrote {result.output} ({result.describe()})")
     return 0
 
@@ -325,7 +497,7 @@ def tour_inputs(inputs_dir: Path) -> dict[str, TaskInputs]:
     _write_tour_audio(audio)
     _write_tour_video(video)
     _write_tour_image(image)
-    values = {"audio": audio, "video": video, "image": image}
+    values = {"audio": audio, "video": video, "image": image, "audio_prompt": audio}  # the WAV is the prompt too
     return {
         task: {INPUT_ARGUMENTS[kind][0]: TOUR_TEXTS.get(task, next(iter(TOUR_TEXTS.values()))) if kind == "text"
                else values[kind] for kind in row.inputs}
@@ -405,13 +577,17 @@ AutoModel/AutoProcessor (after `import modeling_c3llm, processing_c3llm`) or wit
 
 def generate_epilog() -> str:
     """`c3llm generate --help`'s epilog: every task of `TASKS` with its flags, then examples."""
-    tasks = [f"  {task:<20} {' + '.join(FLAGS[INPUT_ARGUMENTS[kind][0]] for kind in row.inputs):<16} -> {row.output}"
-             for task, row in TASKS.items()]  # fmt: skip
-    return "tasks and the inputs they need:\n" + "\n".join(tasks) + GENERATE_EXAMPLES
+    flags = {task: " + ".join([FLAGS[INPUT_ARGUMENTS[kind][0]] for kind in row.inputs]
+                              + [f"[{FLAGS[INPUT_ARGUMENTS[kind][0]]}]" for kind in row.optional])
+             for task, row in TASKS.items()}  # fmt: skip
+    task_width, flags_width = max(map(len, TASKS)), max(map(len, flags.values()))
+    tasks = [f"  {task:<{task_width}} {flags[task]:<{flags_width}} -> {row.output}" for task, row in TASKS.items()]
+    return ("tasks and the inputs they need ([optional]):\n" + "\n".join(tasks) + GENERATE_EXAMPLES)
 
 
 GENERATE_EXAMPLES = """
   (--video-features NPY can replace --video: per-frame features of shape (frames, feature_size))
+  Without --task, the task is the first of this table that takes the inputs given (--video alone: video-to-audio).
 
 examples:
   c3llm generate --model models/tiny --task text-to-audio --text "a dog barks" --seconds 2 --out dog.wav
@@ -419,8 +595,20 @@ examples:
   c3llm generate --model models/tiny --task video-to-audio --video clip.mp4 --seconds 1.5 --out clip.wav
   c3llm generate --model models/tiny --task video-text-to-audio --video clip.mp4 --text "rain" --out rain.wav
   c3llm generate --model models/tiny --task image-to-audio --image photo.png --greedy --out photo.wav
-  c3llm generate --model models/masked --task text-to-audio --text "a dog barks" --decoding masked \
+  c3llm generate --model models/masked --task text-to-audio --text "a dog barks" --decoding masked \\
       --decoding-steps 8 --out dog.wav      (a model with a masked decoder: `c3llm build --tiny --masked-decoder-layers 2`)
+
+  long-form, streaming and continuation (the tiny model's window is 2 s; longer audio is generated in windows):
+  c3llm generate --model models/tiny --task text-to-audio --text "rain" --seconds 60 --out rain.wav
+  c3llm generate --model models/tiny --task video-to-audio --video long.mp4 --seconds 30 --window-context 0.5 \\
+      --out long.wav
+  c3llm generate --model models/tiny --text "rain" --seconds 60 --stream --chunk-seconds 1 --out rain.wav
+      (rain.wav is a complete WAV after every chunk: a player can start on it while the rest is generated)
+  c3llm generate --model models/tiny --audio-prompt dog.wav --seconds 4 --out more.wav
+      (task audio-continuation, inferred; more.wav holds only the 4 s of new audio after dog.wav)
+  c3llm generate --model models/tiny --audio-prompt dog.wav --text "a dog barks louder" --seconds 4 --out more.wav
+  c3llm generate --model models/tiny --task video-text-audio-to-audio --video clip.mp4 --text "rain" \\
+      --audio-prompt start.wav --seconds 1 --out next.wav
 
 Exit codes: 0 success, 2 invalid arguments or inputs (printed as 'c3llm: error: ...').
 """
@@ -493,8 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--model", required=True, metavar="DIR_OR_ID",
                           help="model folder (from `c3llm build`) or Hub repository id (downloaded unless HF_HUB_OFFLINE)")
-    generate.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
-                          help=f"the task: one of {', '.join(TASKS)}")
+    generate.add_argument("--task", choices=list(TASKS), metavar="TASK",
+                          help=f"the task: one of {', '.join(TASKS)}; default: inferred from the inputs (the first "
+                          "task of the table below that takes them)")
     inputs = generate.add_argument_group("inputs (give exactly those the task needs)")
     for kind in INPUT_KINDS:
         tasks = ", ".join(task for task, row in TASKS.items() if kind in row.inputs)
@@ -504,8 +693,23 @@ def build_parser() -> argparse.ArgumentParser:
                                 help=f"{text} ({tasks})")
     sampling = generate.add_argument_group("generation")
     sampling.add_argument("--seconds", type=_positive_float, metavar="S",
-                          help="length of the audio (audio tasks); default: the model's generation config, else until the "
-                          "model ends the clip or its max_audio_seconds")
+                          help="length of the new audio (audio tasks; with --audio-prompt, the audio after the prompt), "
+                          "up to the model's max_generation_seconds (600 s): beyond its window (max_audio_seconds) it "
+                          "is generated in windows, each continuing the end of the one before; default: the model's "
+                          "generation config, else a video's length when longer than the window, else until the model "
+                          "ends the clip or its window is full")
+    sampling.add_argument("--window-context", type=_positive_float, metavar="S",
+                          help="long-form audio: seconds of the audio so far that each new window continues, shorter "
+                          "than the model's window (default: the model's generation config, else a quarter of its "
+                          "window)")
+    sampling.add_argument("--stream", action="store_true",
+                          help="write the WAV chunk by chunk while it is generated (a complete WAV after every chunk, "
+                          "so a player can start early), a line per chunk on stderr and the time to the first chunk "
+                          "and real-time factor in the summary; needs an exact length (--seconds or the model's "
+                          "generation config); the partial file is removed on an error")
+    sampling.add_argument("--chunk-seconds", type=_chunk_seconds, metavar="S",
+                          help="--stream: the least audio per chunk, at least 0.5 s (default: 0.5; --decoding masked "
+                          "streams one window per chunk)")
     sampling.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
                           help="most tokens of text to generate (text tasks); default: the model's generation config")
     sampling.add_argument("--seed", type=int, default=0, help="random seed of the sampling")

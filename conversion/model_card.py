@@ -36,6 +36,17 @@ tts = pipeline("text-to-audio", model=model, tokenizer=processor.tokenizer, proc
 result = tts("a dog barks", generate_kwargs={"audio_length_in_s": 1.0, "do_sample": True})""")
 
 
+# Long-form and streamed audio, shown on the text-to-audio example's `inputs` (its snippet runs just before). 2.5 s is
+# beyond the tiny test model's 2 s window, so the card's tests run the windowed path; a real model's is 10 s.
+LONG_FORM_EXAMPLE = ("long-form and streamed audio", """\
+Audio longer than the model's window (`config.max_audio_seconds`, the training clips' length) is generated in windows,
+each continuing the end of the one before (`window_context_in_s`), up to `config.max_generation_seconds` (600 s);
+`generate_stream` yields the audio in chunks while it is generated. Here with the text-to-audio `inputs` above.""", """\
+out = model.generate(**inputs, audio_length_in_s=2.5, window_context_in_s=0.5)      # e.g. 60.0 for a minute
+chunks = [chunk for chunk in model.generate_stream(**inputs, audio_length_in_s=2.5, chunk_length_in_s=0.5)]
+streamed = torch.cat(chunks, dim=-1)                  # (batch, channels, samples): 2.5 s at model.config.sampling_rate""")
+
+
 def task_example(task: Task) -> tuple[str, str, str]:
     """(task, what it does, code run after the loading snippet) of one row of the processor's `TASKS`."""
     arguments = ", ".join(f"{INPUT_ARGUMENTS[kind][0]}={EXAMPLE_VALUES[INPUT_ARGUMENTS[kind][0]]}" for kind in task.inputs)
@@ -43,8 +54,12 @@ def task_example(task: Task) -> tuple[str, str, str]:
     return task.name, task.description, code
 
 
-# One example per task, then the pipeline. The card's tests run every snippet on a tiny model.
-TASK_EXAMPLES = (*(task_example(task) for task in TASKS.values()), PIPELINE_EXAMPLE)
+# One example per task (long-form and streaming right after text-to-audio, whose inputs it reuses), then the pipeline.
+# The card's tests run every snippet on a tiny model.
+_TASK_EXAMPLES = [task_example(task) for task in TASKS.values()]
+_TASK_EXAMPLES.insert(next(i + 1 for i, (name, _, _) in enumerate(_TASK_EXAMPLES) if name == "text-to-audio"),
+                      LONG_FORM_EXAMPLE)  # fmt: skip
+TASK_EXAMPLES = (*_TASK_EXAMPLES, PIPELINE_EXAMPLE)
 NO_RESULTS = "No evaluation results yet: `c3llm eval --model-card` writes them into this card's `model-index`."
 EVALUATION_HEADING = "## Evaluation"
 

@@ -92,7 +92,7 @@ HELP_FLAGS = {
     "generate": [
         "--model", "--task", "--text", "--audio", "--video", "--image", "--video-features", "--seconds",
         "--max-new-tokens", "--seed", "--greedy", "--temperature", "--top-k", "--decoding", "--decoding-steps",
-        "--out",
+        "--out", "--audio-prompt", "--window-context", "--stream", "--chunk-seconds",
     ],
     "tour": ["--out", "--seconds", "--seed"],
     "demo": ["--out", "--train-clips", "--video-clips", "--neutral-clips", "--test-clips", "--steps", "--batch-size",
@@ -230,6 +230,133 @@ def test_generate_missing_input_names_the_flag(model_dir, tmp_path, task, flag):
     assert not out.exists()
 
 
+def test_generate_long_form_beyond_the_model_window_is_exactly_as_long(model_dir, tmp_path):
+    """The tiny model's window (max_audio_seconds) is 2 s: 3.2 s are generated in windows and trimmed exactly."""
+    out = tmp_path / "long.wav"
+    result = run_cli("generate", "--model", model_dir, "--task", "text-to-audio", "--text", "rain", "--seconds", 3.2,
+                     "--window-context", 0.4, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out, always_2d=True)
+    assert rate == CODEC_RATE and audio.shape == (round(3.2 * CODEC_RATE), 1)
+    assert np.isfinite(audio).all() and np.abs(audio[-CODEC_RATE:]).max() > 0  # the last window wrote audio too
+    assert "3.20 s of audio at 24000 Hz" in result.stdout and "real-time factor" in result.stdout
+
+
+def test_generate_stream_writes_a_valid_wav_of_the_asked_length(model_dir, tmp_path):
+    out = tmp_path / "stream.wav"
+    result = run_cli("generate", "--model", model_dir, "--text", "rain", "--seconds", 2.6, "--stream",
+                     "--chunk-seconds", 0.5, "--out", out)  # fmt: skip  (the task is inferred: text-to-audio)
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out, always_2d=True)
+    assert rate == CODEC_RATE and audio.shape == (round(2.6 * CODEC_RATE), 1) and np.abs(audio).max() > 0
+    chunks = re.findall(r"^chunk (\d+): ([\d.]+) / 2\.60 s of audio", result.stderr, re.M)
+    assert len(chunks) >= 3 and [int(n) for n, _ in chunks] == list(range(1, len(chunks) + 1))
+    written = [float(s) for _, s in chunks]
+    assert written == sorted(written) and written[0] >= 0.5 and written[-1] == 2.6
+    summary = result.stdout.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith("text-to-audio: wrote")
+    assert re.search(rf"2\.60 s of audio at 24000 Hz; streamed in {len(chunks)} chunks, first after [\d.]+ s; "
+                     r"real-time factor [\d.]+", summary[0]), summary[0]  # fmt: skip
+
+
+def test_streaming_wav_writer_is_a_valid_wav_after_every_chunk(tmp_path):
+    from c3llm.cli import StreamingWavWriter
+
+    path = tmp_path / "w.wav"
+    writer = StreamingWavWriter(path, 16000)
+    rng = np.random.default_rng(0)
+    chunks = [rng.uniform(-0.9, 0.9, size=(2, n)).astype(np.float32) for n in (800, 1601, 5)]
+    for i, chunk in enumerate(chunks):
+        writer.write(chunk)
+        data, rate = sf.read(path, always_2d=True)  # read while the writer still holds the file open
+        assert rate == 16000 and data.shape == (sum(c.shape[1] for c in chunks[: i + 1]), 2)
+        np.testing.assert_allclose(data[-chunk.shape[1]:].T, chunk, atol=1e-4)  # 16-bit PCM
+    writer.close()
+    assert sf.info(path).frames == 2406 and writer.seconds == 2406 / 16000
+    with pytest.raises(ValueError, match="non-finite"):
+        StreamingWavWriter(tmp_path / "nan.wav", 16000).write(np.full((1, 4), np.nan))
+
+
+def test_stream_error_removes_the_partial_file(tmp_path):
+    from c3llm.cli import _stream_audio
+
+    class FailingModel:  # one chunk on disk, then generation fails
+        config = type("Config", (), {"sampling_rate": 8000})()
+
+        def generate_stream(self, **kwargs):
+            import torch
+
+            yield torch.zeros(1, 1, 4000)
+            assert (tmp_path / "p.wav").is_file() and sf.info(tmp_path / "p.wav").frames == 4000
+            raise ValueError("the model failed")
+
+    with pytest.raises(ValueError, match="the model failed"):
+        _stream_audio(FailingModel(), {}, {}, tmp_path / "p.wav", None, 2.0)
+    assert not (tmp_path / "p.wav").exists()
+
+
+def test_generate_audio_prompt_writes_only_the_new_audio(model_dir, stereo_wav, tmp_path):
+    """A 1 s 44.1 kHz stereo prompt is encoded with the model's codec; --seconds is the new audio alone."""
+    out = tmp_path / "more.wav"
+    result = run_cli("generate", "--model", model_dir, "--audio-prompt", stereo_wav, "--text", "louder",
+                     "--seconds", 0.6, "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(out, always_2d=True)
+    assert rate == CODEC_RATE and audio.shape == (round(0.6 * CODEC_RATE), 1) and np.abs(audio).max() > 0
+    assert result.stdout.startswith("audio-continuation: wrote") and "0.60 s of audio" in result.stdout
+
+    long_prompt = tmp_path / "long.wav"
+    sf.write(long_prompt, np.full(3 * CODEC_RATE, 0.1), CODEC_RATE)
+    result = run_cli("generate", "--model", model_dir, "--audio-prompt", long_prompt, "--seconds", 1,
+                     "--out", tmp_path / "x.wav")  # fmt: skip
+    assert_usage_error(result, "c3llm: error: --audio-prompt", "3.00 s long", "window of 2 s")
+    result = run_cli("generate", "--model", model_dir, "--audio-prompt", tmp_path / "none.wav", "--out", tmp_path / "x.wav")
+    assert_usage_error(result, "c3llm: error: --audio-prompt", "none.wav")
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_generate_infers_the_task_from_the_inputs():
+    from c3llm.cli import infer_task
+    from c3llm.loading import CLIError
+
+    prompt, video = Path("p.wav"), Path("v.mp4")
+    assert infer_task({"text": "rain"}) == "text-to-audio"
+    assert infer_task({"audio": Path("a.wav")}) == "audio-to-text"
+    assert infer_task({"videos": video}) == "video-to-audio"
+    assert infer_task({"audio_prompt_codes": prompt}) == "audio-continuation"
+    assert infer_task({"audio_prompt_codes": prompt, "text": "rain"}) == "audio-continuation"
+    assert infer_task({"videos": video, "text": "rain", "audio_prompt_codes": prompt}) == "video-text-audio-to-audio"
+    with pytest.raises(CLIError, match="no task takes --audio \\+ --image"):
+        infer_task({"audio": Path("a.wav"), "images": Path("i.png")})
+    with pytest.raises(CLIError, match="give the inputs"):
+        infer_task({"text": None})
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--seconds", 0], ["argument --seconds", "must be a positive number, got '0'"]),
+        (["--seconds", "-2"], ["argument --seconds", "must be a positive number"]),
+        (["--seconds", 600.5], ["c3llm: error: --seconds must be at most 600", "max_generation_seconds", "got 600.5"]),
+        (["--seconds", 3, "--window-context", 2], ["--window-context must be shorter than the model's window of 2 s"]),
+        (["--stream"], ["c3llm: error: Streaming needs an exact length: pass --seconds"]),
+        (["--seconds", 1, "--stream", "--chunk-seconds", 0.2], ["argument --chunk-seconds", "at least 0.5"]),
+        (["--seconds", 1, "--chunk-seconds", 1], ["--chunk-seconds sets the chunks of --stream"]),
+    ],
+)  # fmt: skip
+def test_generate_rejects_bad_lengths_and_stream_settings(model_dir, tmp_path, extra, needles):
+    out = tmp_path / "x.wav"
+    result = run_cli("generate", "--model", model_dir, "--task", "text-to-audio", "--text", "a", *extra, "--out", out)
+    assert_usage_error(result, *needles)
+    assert not out.exists()
+
+
+def test_generate_stream_of_a_text_task_is_an_error(model_dir, stereo_wav, tmp_path):
+    result = run_cli("generate", "--model", model_dir, "--audio", stereo_wav, "--stream", "--out", tmp_path / "x.txt")
+    assert_usage_error(result, "c3llm: error: --stream applies to audio tasks", "audio-to-text")
+    assert not (tmp_path / "x.txt").exists()
+
+
 def test_generate_rejects_an_input_the_task_does_not_take(model_dir, video_mp4, tmp_path):
     result = run_cli("generate", "--model", model_dir, "--task", "video-to-audio", "--video", video_mp4,
                      "--text", "rain", "--out", tmp_path / "x.wav")  # fmt: skip
@@ -269,14 +396,14 @@ def test_tour_runs_every_task(tmp_path):
     assert result.returncode == 0, result.stderr
     outputs = sorted(p.name for p in (out / "outputs").iterdir())
     expected = sorted(f"{task}.{'wav' if row.output == 'audio' else 'txt'}" for task, row in TASKS.items())
-    assert outputs == expected and len(outputs) == 7
+    assert outputs == expected and len(outputs) == len(TASKS)
     for task, row in TASKS.items():
         kind = row.output
         assert re.search(rf"^{re.escape(task)}\s+\S+{re.escape(task)}\.(wav|txt)\s+\S", result.stdout, re.M), task
         if kind == "audio":
             audio, rate = sf.read(out / "outputs" / f"{task}.wav")
             assert rate == CODEC_RATE and len(audio) == CODEC_RATE // 2 and np.isfinite(audio).all()
-    assert "7 tasks" in result.stdout
+    assert f"{len(TASKS)} tasks" in result.stdout
     assert "tasks: 100%" in result.stderr  # the tqdm bar
     info = sf.info(out / "inputs" / "sine_440hz_44k1_stereo.wav")
     assert (info.samplerate, info.channels) == (44100, 2)
