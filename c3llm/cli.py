@@ -48,9 +48,9 @@ FLAG_HELP = {
     "videos": ("MP4", "video file"),
     "video_features": ("NPY", "instead of --video: .npy array of precomputed per-frame features (frames, feature_size)"),
     "images": ("IMG", "image file, e.g. PNG or JPEG"),
-    "audio_prompt_codes": ("WAV", "audio prompt to continue (any rate and channel count): encoded with the model's "
-                           "codec, it must be shorter than the model's window (max_audio_seconds); the output is only "
-                           "the new audio, --seconds long"),
+    "audio_prompt_codes": ("WAV", ("audio prompt to continue (any rate and channel count): encoded with the model's "
+                                   "codec, it must be shorter than the model's window (max_audio_seconds); the output "
+                                   "is only the new audio, --seconds long")),
 }
 TOUR_MARKER = ".c3llm-tour"
 TOUR_TEXTS = {  # the tour's prompt per task; other tasks with a text input get the first
@@ -215,8 +215,8 @@ class StreamingWavWriter:
         if not np.isfinite(chunk).all():
             raise ValueError("the generated audio holds non-finite values (NaN or inf)")
         if self._wav is None:  # the header is written with the first chunk, whose channel count it takes
-            self._file = open(self.path, "wb")
-            self._wav = wave.open(self._file, "wb")
+            self._file = open(self.path, "wb")  # noqa: SIM115  (open across writes; closed by close/abort)
+            self._wav = wave.open(self._file, "wb")  # noqa: SIM115
             self._wav.setnchannels(chunk.shape[0])
             self._wav.setsampwidth(2)
             self._wav.setframerate(self.sampling_rate)

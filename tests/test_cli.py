@@ -249,7 +249,7 @@ def test_generate_stream_writes_a_valid_wav_of_the_asked_length(model_dir, tmp_p
     assert result.returncode == 0, result.stderr
     audio, rate = sf.read(out, always_2d=True)
     assert rate == CODEC_RATE and audio.shape == (round(2.6 * CODEC_RATE), 1) and np.abs(audio).max() > 0
-    chunks = re.findall(r"^chunk (\d+): ([\d.]+) / 2\.60 s of audio", result.stderr, re.M)
+    chunks = re.findall(r"^chunk (\d+): ([\d.]+) / 2\.60 s of audio", result.stderr, re.MULTILINE)
     assert len(chunks) >= 3 and [int(n) for n, _ in chunks] == list(range(1, len(chunks) + 1))
     written = [float(s) for _, s in chunks]
     assert written == sorted(written) and written[0] >= 0.5 and written[-1] == 2.6
