@@ -746,7 +746,7 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
                 ids[row, width - len(row_ids) :] = ids.new_tensor(row_ids)
                 mask[row, width - len(row_ids) :] = 1
             stop = first + max(shown)
-            features = slice_media(features, name, first, stop)
+            features = slice_media(features, first, stop)
             video_mask = torch.arange(stop - first)[None] < torch.tensor(shown)[:, None]
             features["video_frames_mask"] = video_mask.to(ids.device)
         if tokens.shape[1]:

@@ -243,13 +243,12 @@ class AudioTimeline:
         return self.codes[..., self.prefix :], self.frames_mask[:, self.prefix :]
 
 
-def slice_media(features: dict[str, Any], name: str, start: int, stop: int) -> dict[str, Any]:
-    """`features` with the frames `[start, stop)` of the per-frame input `name` (and of `video_frames_mask`)."""
-    out = dict(features)
-    out[name] = features[name][:, start:stop]
-    if features.get("video_frames_mask") is not None:
-        out["video_frames_mask"] = features["video_frames_mask"][:, start:stop]
-    return out
+PER_FRAME_INPUTS = ("pixel_values_videos", "flow_values_videos", "video_features", "video_frames_mask")
+
+
+def slice_media(features: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """`features` with the video frames `[start, stop)` of its per-frame inputs."""
+    return {name: value[:, start:stop] if name in PER_FRAME_INPUTS else value for name, value in features.items()}
 
 
 __all__ = ["AudioTimeline", "C3LLMAudioStreamer", "MIN_CHUNK_SECONDS", "Window", "plan_windows", "window_grid"]

@@ -203,3 +203,20 @@ def test_long_form_and_streaming_reject_what_cannot_work(tiny):
     # Several candidates per prompt work in long-form without a streamer.
     out = model.generate(**inputs, audio_length_in_s=2.5, num_return_sequences=2, do_sample=True)
     assert out.audio_codes.shape == (2, 2, round(2.5 * model.config.frame_rate))
+
+
+def test_a_long_video_with_audio_within_one_window_sees_its_first_frames(tiny, tmp_path):
+    from tests.conftest import write_mp4
+
+    model, processor = tiny
+    write_mp4(tmp_path / "long.mp4", frames=36, fps=12)  # 3 s: 15 frames at 5 fps, the window takes 10
+    inputs = processor(videos=str(tmp_path / "long.mp4"), task="video-to-audio")
+    assert inputs["pixel_values_videos"].shape[1] == 15
+    torch.manual_seed(0)
+    out = model.generate(**inputs, audio_length_in_s=1.0, do_sample=True)
+    assert out.audio.shape[-1] == 24000
+    # The same as a prompt that holds the first 10 frames only.
+    encoded = model._video_inputs(inputs["pixel_values_videos"], inputs["flow_values_videos"], None)
+    first = processor(video_features=encoded[0, :10].numpy(), task="video-to-audio")
+    torch.manual_seed(0)
+    assert torch.equal(model.generate(**first, audio_length_in_s=1.0, do_sample=True).audio_codes, out.audio_codes)
