@@ -24,9 +24,10 @@ from transformers import AutoModel, AutoProcessor, EncodecModel, GenerationConfi
 
 from c3llm.data import datasets as data
 from c3llm.data.collator import with_tasks
-from c3llm.synthfoley.synthfoley import CLIP_SECONDS, write_synthfoley
+from c3llm.synthfoley.synthfoley import CLIP_SECONDS, write_synthfoley, write_vggsound
 from conversion.build_c3llm import build_tiny, save_folder
 from conversion.model_card import update_model_index
+from modeling_c3llm.generation_c3llm import DEFAULT_WINDOW_CONTEXT
 from processing_c3llm.media_c3llm import atomic_path, load_audio, write_text
 from processing_c3llm.processing_c3llm import TASKS
 
@@ -39,7 +40,7 @@ CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
 TASK_SHARES = {
     "text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 0.6, "video-to-caption": 0.25,
     "image-to-audio": 0.3, "image-text-to-audio": 0.3, "video-text-to-audio": 1.0,
-    "audio-continuation": 0.5, "video-text-audio-to-audio": 1.0,
+    "audio-continuation": 1.0, "video-text-audio-to-audio": 1.0,
 }  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
@@ -79,6 +80,10 @@ class DemoSettings:
     masked_train_steps: int = 200
     masked_steps: tuple[int, ...] = (16,)
     masked_tasks: tuple[str, ...] = ("text-to-audio", "video-to-audio")  # (the issue's quality measures)
+    # Long-form generation's later windows: crops of longer videos whose start continues an audio prompt, as
+    # `generate` continues the audio so far; without them the model only knows windows that start a clip.
+    long_clips: int = 500
+    long_clip_seconds: float = 4.0
     seed: int = 0
     workers: int = 2  # processes writing and preprocessing the data
     codec_dir: str = str(CODEC_DIR)
@@ -100,6 +105,9 @@ class DemoSettings:
         if self.video_clips > self.train_clips or self.neutral_clips > self.train_clips:
             raise ValueError("--video-clips and --neutral-clips must be at most --train-clips (they are the first "
                              "training clips).")  # fmt: skip
+        if self.long_clips < 0 or (self.long_clips and not self.long_clip_seconds > self.clip_seconds):
+            raise ValueError(f"--long-clips must not be negative, and --long-clip-seconds must exceed the clips' "
+                             f"{self.clip_seconds} s.")  # fmt: skip
         if not 0 <= self.condition_dropout < 1:
             raise ValueError("--condition-dropout must be in [0, 1).")
         if not self.guidance_scale > 0:
@@ -131,13 +139,16 @@ def write_demo_data(root: Path, settings: DemoSettings) -> None:
 
     wanted = {"train": settings.train_clips, "video_train": settings.video_clips,
               "neutral_train": settings.neutral_clips, "test": settings.test_clips, "seed": settings.seed,
-              "layouts": sorted(part.folder for part in DATASETS["synthfoley"].parts)}  # fmt: skip
+              "layouts": sorted(part.folder for part in DATASETS["synthfoley"].parts),
+              "long_clips": settings.long_clips, "long_clip_seconds": settings.long_clip_seconds}  # fmt: skip
     record = root / "synthfoley.json"
     if record.is_file() and json.loads(record.read_text()) == wanted:
         return
     shutil.rmtree(root, ignore_errors=True)
     write_synthfoley(root, train=settings.train_clips, test=settings.test_clips, seed=settings.seed,
                      video_train=settings.video_clips, neutral_train=settings.neutral_clips, workers=settings.workers)
+    if settings.long_clips:
+        write_vggsound(root / "long", settings.long_clips, "train", settings.seed, duration=settings.long_clip_seconds)
     write_text(record, json.dumps(wanted, indent=1) + "\n")
 
 
@@ -177,6 +188,16 @@ def prepare_data(root: Path, model, processor, settings: DemoSettings):
             count = len(dataset) if len(part.tasks) == 1 else max(1, round(TASK_SHARES[task] * len(dataset)))
             clips = dataset.shuffle(seed=settings.seed + index).select(range(count))
             pieces.append(with_tasks(clips, [task]).select_columns(columns))
+    if settings.long_clips:
+        long, _ = data.load_vggsound(root / "long", "train")
+        long, _ = data.add_audio_codes(long, model, processor, num_proc=settings.workers)
+        long, _ = data.add_video_features(long, model, processor, num_proc=settings.workers)
+        context = model.config.max_audio_seconds * DEFAULT_WINDOW_CONTEXT
+        long = data.long_form_windows(long, model.config, context, seed=settings.seed)
+        for column in columns:
+            if column not in long.column_names:
+                long = long.add_column(column, [None] * len(long))
+        pieces.append(long.select_columns(columns))
     return concatenate_datasets(pieces).shuffle(seed=settings.seed)
 
 
@@ -478,6 +499,11 @@ def add_demo_parser(commands, formatter_class) -> None:
     demo.add_argument("--masked-tasks", nargs="+", default=list(defaults.masked_tasks), choices=AUDIO_TASKS,
                       metavar="TASK", help="the audio tasks evaluated with masked decoding too (each adds about 8 s per "
                       f"step count); among {', '.join(AUDIO_TASKS)}")
+    demo.add_argument("--long-clips", type=int, default=defaults.long_clips, metavar="N",
+                      help="videos of --long-clip-seconds whose random crops, each continuing an audio prompt, train the "
+                      "later windows of long-form video-to-audio (0: none)")
+    demo.add_argument("--long-clip-seconds", type=float, default=defaults.long_clip_seconds, metavar="S",
+                      help="length of those videos: a multiple of the 2 s clips, longer than them")
     demo.add_argument("--workers", type=int, default=defaults.workers, metavar="N",
                       help="processes that write and preprocess the data")
     demo.add_argument("--seed", type=int, default=defaults.seed, help="seed of the data, the weights and the sampling")
@@ -545,7 +571,8 @@ def cmd_demo(args, parser) -> int:
         test_clips=args.test_clips, max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
         condition_dropout=args.condition_dropout, guidance_scale=args.guidance_scale, workers=args.workers,
         seed=args.seed, codec_dir=args.codec, masked_layers=args.masked_layers, masked_steps=tuple(args.masked_steps),
-        masked_train_steps=args.masked_train_steps, masked_tasks=tuple(args.masked_tasks),
+        masked_train_steps=args.masked_train_steps, masked_tasks=tuple(args.masked_tasks), long_clips=args.long_clips,
+        long_clip_seconds=args.long_clip_seconds,
     )  # fmt: skip
     try:
         settings.check()

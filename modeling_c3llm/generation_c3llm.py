@@ -35,6 +35,7 @@ from .streaming_c3llm import (
 # How `generate` produces audio: the LLM's codes one frame per step (the paper's), or the masked decoder filling every
 # frame in a few parallel steps (VATT's; needs a model with a masked decoder).
 DECODINGS = ("autoregressive", "masked")
+DEFAULT_WINDOW_CONTEXT = 0.25  # long-form: the share of a window that is the previous window's end
 # The generation parameters masked decoding reads; other keywords are for the autoregressive loop only.
 MASKED_DECODING_PARAMETERS = ("do_sample", "temperature", "top_k", "top_p", "num_return_sequences", "max_new_tokens")
 
@@ -694,7 +695,7 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
         if window_context_in_s is None:
             window_context_in_s = self._generation_setting(kwargs, "window_context_in_s")
         if window_context_in_s is None:
-            window_context_in_s = config.max_audio_seconds / 4
+            window_context_in_s = config.max_audio_seconds * DEFAULT_WINDOW_CONTEXT
         if not 0 < window_context_in_s < config.max_audio_seconds:
             raise ValueError(f"window_context_in_s must be in (0, {config.max_audio_seconds:g}) seconds (the model's "
                              f"window, config.max_audio_seconds), got {window_context_in_s!r}.")  # fmt: skip

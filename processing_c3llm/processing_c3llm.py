@@ -49,7 +49,8 @@ TASKS: dict[str, Task] = {
     for task in (
         Task("text-to-audio", ("text",), "audio", "Text in, audio out (C3LLM)."),
         Task("audio-to-text", ("audio",), "text", "Audio captioning (C3LLM).", "Describe the audio."),
-        Task("video-to-audio", ("video",), "audio", "A silent video in, its soundtrack out (C3LLM)."),
+        Task("video-to-audio", ("video",), "audio", "A silent video in, its soundtrack out (C3LLM).",
+             optional=("audio_prompt",)),  # (long-form generation's later windows continue the audio so far)
         Task("video-to-caption", ("video",), "text", "Tell what you hear from what you see (VATT).",
              "Describe what you would hear."),
         Task("video-text-to-audio", ("video", "text"), "audio",

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from transformers import BatchFeature
 
-from processing_c3llm.processing_c3llm import TASKS, C3LLMProcessor, Task
+from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, C3LLMProcessor, Task
 
 
 def _description(example: dict[str, Any]) -> str | None:
@@ -52,6 +52,9 @@ def example_inputs(example: dict[str, Any], task: str | None = None) -> dict[str
     inputs: dict[str, Any] = {"task": row.name}
     for kind in row.inputs:
         inputs.update(INPUT_COLUMNS[kind](example))
+    for kind in row.optional:  # an optional input comes from a column of its own name only (not a caption)
+        if example.get(INPUT_ARGUMENTS[kind][0]) is not None:
+            inputs.update(INPUT_COLUMNS[kind](example))
     return inputs
 
 

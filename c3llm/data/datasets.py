@@ -32,6 +32,7 @@ import torch
 from datasets import Dataset, Features, IterableDataset, List, Value
 from PIL import Image
 
+from modeling_c3llm.streaming_c3llm import window_grid
 from processing_c3llm.media_c3llm import MediaError, load_audio, resample, write_text
 
 logger = logging.getLogger(__name__)
@@ -679,8 +680,40 @@ def add_video_features(
     )  # fmt: skip
 
 
+def long_form_windows(dataset: Dataset, config: Any, context_seconds: float, seed: int = 0) -> Dataset:
+    r"""
+    Training examples of long-form generation's later windows (`generate(audio_length_in_s=...)` beyond
+    `config.max_audio_seconds`) from video clips longer than that window: per clip, one crop of the window's length that
+    starts at a random video frame on the window grid (`window_grid`), with the frames of its span (`video_features`),
+    its first frames' codes as the audio prompt (`audio_prompt_codes`: `context_seconds` of them, or up to one grid step
+    more, as `generate` rounds them) and the rest as the target (`audio_codes`). Needs whole-clip `audio_codes`
+    (`add_audio_codes`) and `video_features` (`add_video_features`).
+    """
+    rate, fps = config.frame_rate, config.video_fps
+    window = round(config.max_audio_seconds * rate)
+    grid = window_grid(rate, fps)
+    context = max(1, round(context_seconds * rate))
+    rng = np.random.default_rng(seed)
+
+    def crop(example: dict) -> dict:
+        codes, frames = np.asarray(example["audio_codes"]), np.asarray(example["video_features"])
+        starts = range(grid, codes.shape[1] - window + 1, grid)
+        if not starts:
+            raise ValueError(f"clip {example.get('id')!r} ({codes.shape[1]} frames) is not longer than a window "
+                             f"({window} frames).")  # fmt: skip
+        start = int(rng.choice(starts))
+        known = context + int(rng.integers(grid))
+        first = round(start / rate * fps)
+        return {"audio_prompt_codes": codes[:, start : start + known], "audio_codes": codes[:, start + known : start + window],
+                "video_features": frames[first : first + config.video_num_frames], "task": "video-to-audio"}  # fmt: skip
+
+    features = Features({**dataset.features, "audio_prompt_codes": dataset.features["audio_codes"],
+                         "task": Value("string")})  # fmt: skip
+    return dataset.map(crop, features=features, desc="long_form_windows")
+
+
 __all__ = [
     "EXAMPLE_FEATURES", "LoadReport", "add_audio_codes", "add_clap_inputs", "add_video_features",
     "PROMPT_FEATURES", "compute_video_features", "load_audiocaps", "load_clotho", "load_folder", "load_vas", "load_vggsound",
-    "load_video_audio", "module_hash", "prompt_frames", "probe_audio", "probe_image", "probe_video",
+    "load_video_audio", "long_form_windows", "module_hash", "prompt_frames", "probe_audio", "probe_image", "probe_video",
 ]  # fmt: skip
