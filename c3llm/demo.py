@@ -40,7 +40,7 @@ CODEC_DIR = Path(__file__).resolve().parent / "synthfoley" / "codec"
 TASK_SHARES = {
     "text-to-audio": 1.0, "audio-to-text": 0.3, "video-to-audio": 0.6, "video-to-caption": 0.25,
     "image-to-audio": 0.3, "image-text-to-audio": 0.3, "video-text-to-audio": 1.0,
-    "audio-continuation": 1.0, "video-text-audio-to-audio": 1.0,
+    "audio-continuation": 0.5, "video-text-audio-to-audio": 1.0,
 }  # fmt: skip
 CAPTION_WORDS = ("a", "high", "low", "beep", "chirp", "noise", "burst", "click", "train", "hum", "then", "repeats",
                  "twice", "three", "times", "describe", "the", "audio", "what", "you", "would", "hear")
@@ -57,7 +57,7 @@ class DemoSettings:
     neutral_clips: int = 500
     test_clips: int = 40
     clip_seconds: float = 2.0
-    max_steps: int = 700
+    max_steps: int = 620
     batch_size: int = 16
     learning_rate: float = 3e-3
     condition_dropout: float = 0.1
@@ -82,7 +82,7 @@ class DemoSettings:
     masked_tasks: tuple[str, ...] = ("text-to-audio", "video-to-audio")  # (the quality measures)
     # Long-form generation's later windows: crops of longer videos whose start continues an audio prompt, as
     # `generate` continues the audio so far; without them the model only knows windows that start a clip.
-    long_clips: int = 500
+    long_clips: int = 0
     long_clip_seconds: float = 4.0
     seed: int = 0
     workers: int = 2  # processes writing and preprocessing the data

@@ -28,14 +28,22 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "c3llm.cli", "demo", "--out", str(out), "--train-clips", "12", "--video-clips", "8",
          "--neutral-clips", "6", "--test-clips", "4", "--steps", "8", "--batch-size", "4", "--workers", "1",
-         "--masked-steps", "4", "1", "--masked-train-steps", "3"],
+         "--masked-steps", "4", "1", "--masked-train-steps", "3", "--long-clips", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = out / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics["tasks"]) == set(TASKS) and metrics["test_clips"] == 4
+    for task in ("audio-continuation", "video-text-audio-to-audio"):  # each measure beside its mismatched control
+        scores = metrics["tasks"][task]["scores"]
+        keys = ["continuation_in_prompt_classes"] if task == "audio-continuation" else [
+            "prompt_class_present", "text_class_present", "onset_f1"]  # fmt: skip
+        assert all(0.0 <= scores[key] <= 1.0 and 0.0 <= scores[f"{key}_mismatched"] <= 1.0 for key in keys)
+        assert f"{task:<20} " in result.stdout and "mismatched" in result.stdout
     for task, entry in metrics["tasks"].items():
+        if "audio_prompt" in TASKS[task].inputs:
+            continue
         scores, intervals = entry["scores"], entry["intervals"]
         assert 0.0 <= intervals["class_sequence_exact"][0] <= scores["class_sequence_exact"] <= 1.0
         lenient = "lenient_class_set" if TASKS[task].output == "text" else "lenient_classes_present"
@@ -57,6 +65,7 @@ def test_demo_writes_a_complete_report_and_a_push_ready_model(tmp_path):
         assert len(details[task]) == 4
         for record in details[task]:
             assert record["reference_classes"] and ("generated" in record or "detected_classes" in record)
+    assert (out / "data" / "long" / "synthfoley_train.json").is_file()  # the long videos of later windows
     for record in details["video-to-audio"] + details["video-text-to-audio"]:
         assert record["visual_onsets"] and isinstance(record["generated_onsets"], list)
         assert Path(record["wav"]).is_file()
@@ -89,7 +98,8 @@ def test_demo_rejects_bad_settings_and_unwritable_folders(tmp_path, capsys):
     for flags, message in ((["--test-clips", "1"], "--test-clips must be at least 2"),
                            (["--train-clips", "3"], "--train-clips must be at least 4"),
                            (["--train-clips", "10", "--video-clips", "20"], "at most --train-clips"),
-                           (["--steps", "0"], "--steps must be positive")):  # fmt: skip
+                           (["--steps", "0"], "--steps must be positive"),
+                           (["--long-clip-seconds", "2"], "--long-clip-seconds must exceed")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", "--out", str(tmp_path / "d"), *flags])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -111,7 +121,7 @@ def test_demo_data_is_reused_only_when_complete_and_of_the_same_settings(tmp_pat
     def clips(layout: str) -> list[str]:
         return list(json.loads((tmp_path / layout / "synthfoley_train.json").read_text()))
 
-    settings = DemoSettings(train_clips=3, video_clips=2, neutral_clips=1, test_clips=1, workers=1)
+    settings = DemoSettings(train_clips=3, video_clips=2, neutral_clips=1, test_clips=1, workers=1, long_clips=1)
     write_demo_data(tmp_path, settings)
     first = clips("audiocaps")
     assert len(first) == 3 and clips("vggsound") == first[:2] and clips("neutral") == first[:1]
@@ -123,5 +133,6 @@ def test_demo_data_is_reused_only_when_complete_and_of_the_same_settings(tmp_pat
     write_demo_data(tmp_path, settings)
     assert not marker.exists() and clips("audiocaps") == first
     marker.write_text("kept")
-    write_demo_data(tmp_path, DemoSettings(train_clips=2, video_clips=1, neutral_clips=1, test_clips=1, workers=1))
+    write_demo_data(tmp_path, DemoSettings(train_clips=2, video_clips=1, neutral_clips=1, test_clips=1, workers=1,
+                                           long_clips=1))  # fmt: skip
     assert not marker.exists() and clips("audiocaps") == first[:2] and clips("vggsound") == first[:1]

@@ -220,3 +220,28 @@ def test_a_long_video_with_audio_within_one_window_sees_its_first_frames(tiny, t
     first = processor(video_features=encoded[0, :10].numpy(), task="video-to-audio")
     torch.manual_seed(0)
     assert torch.equal(model.generate(**first, audio_length_in_s=1.0, do_sample=True).audio_codes, out.audio_codes)
+
+
+def test_long_form_windows_are_later_windows_of_longer_videos(tiny):
+    from datasets import Dataset
+
+    from c3llm.data.collator import example_to_inputs
+    from c3llm.data.datasets import long_form_windows
+
+    config = tiny[0].config  # 75 Hz codes, 5 fps video: windows of 150 frames and 10 video frames, on a 15-frame grid
+    codes = np.stack([np.arange(600), np.arange(600) % 7])  # 8 s; codebook 1 holds each frame's index
+    features = np.repeat(np.arange(40, dtype=np.float32)[:, None], config.video_feature_size, 1)
+    clips = Dataset.from_list([{"id": str(i), "audio_codes": codes.tolist(), "video_features": features.tolist()}
+                               for i in range(30)])  # fmt: skip
+    starts = set()
+    for row in long_form_windows(clips, config, context_seconds=0.5, seed=0):
+        prompt, target = np.array(row["audio_prompt_codes"]), np.array(row["audio_codes"])
+        start = int(prompt[0, 0])
+        starts.add(start)
+        assert start % 15 == 0 and 15 <= start <= 450
+        assert 38 <= prompt.shape[1] < 38 + 15 and prompt.shape[1] + target.shape[1] == 150
+        assert np.array_equal(np.concatenate([prompt, target], 1), codes[:, start : start + 150])
+        assert np.array(row["video_features"])[:, 0].tolist() == list(range(start // 15, start // 15 + 10))
+        inputs = example_to_inputs(row)  # the optional audio prompt of video-to-audio comes from its own column
+        assert inputs["task"] == "video-to-audio" and np.array_equal(inputs["audio_prompt_codes"], prompt)
+    assert len(starts) > 5
