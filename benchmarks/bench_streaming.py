@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoProcessor
 
-from benchmarks.common import emit, environment, load_average
-from conversion.build_c3llm import build_tiny
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from transformers import AutoModel, AutoProcessor  # noqa: E402
+
+from benchmarks.common import emit, environment, load_average  # noqa: E402
+from conversion.build_c3llm import build_tiny  # noqa: E402
 
 PROMPT = "a chirp, then a low beep"
 

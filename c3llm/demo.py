@@ -57,7 +57,7 @@ class DemoSettings:
     neutral_clips: int = 500
     test_clips: int = 40
     clip_seconds: float = 2.0
-    max_steps: int = 620
+    max_steps: int = 620  # (700 before the audio-prompt tasks, whose data and evaluation took 1.2 min of the budget)
     batch_size: int = 16
     learning_rate: float = 3e-3
     condition_dropout: float = 0.1
@@ -71,6 +71,9 @@ class DemoSettings:
     layers: int = 4
     intermediate_size: int = 256
     nar_layers: int = 2
+    # Frames each NAR frame attends to on either side: its codes then depend on 2 * 6 frames (0.16 s) around it, within
+    # the streamer's lookahead, so streamed audio gets the same codes as unstreamed (with all frames: about half).
+    nar_attention_window: int | None = 6
     # The masked decoder (`decoding="masked"`): the LLM's width, heads and MLP and half its layers
     # (`benchmarks/bench_generate.py` keeps this size ratio), trained after the rest as `c3llm train --stage 3` does,
     # on the frozen model, for `masked_train_steps` steps; its audio is evaluated beside the autoregressive audio at
@@ -81,7 +84,8 @@ class DemoSettings:
     masked_steps: tuple[int, ...] = (16,)
     masked_tasks: tuple[str, ...] = ("text-to-audio", "video-to-audio")  # (the quality measures)
     # Long-form generation's later windows: crops of longer videos whose start continues an audio prompt, as
-    # `generate` continues the audio so far; without them the model only knows windows that start a clip.
+    # `generate` continues the audio so far; without them the model only knows windows that start a clip. Off by
+    # default: 500 of them cost 1.4 min of the 8 (data and preprocessing, longer training steps).
     long_clips: int = 0
     long_clip_seconds: float = 4.0
     seed: int = 0
@@ -124,6 +128,7 @@ def demo_model(settings: DemoSettings):
         seed=settings.seed, num_codebooks=min(2, codec.config.num_quantizers), words=CAPTION_WORDS,
         hidden_size=settings.hidden_size, num_layers=settings.layers, num_heads=4,
         intermediate_size=settings.intermediate_size, nar_num_layers=settings.nar_layers,
+        nar_attention_window=settings.nar_attention_window,
         max_position_embeddings=512,
         codec_config=codec.config.to_dict(),
         video_fps=10.0, video_num_frames=round(10 * settings.clip_seconds), max_audio_seconds=settings.clip_seconds,

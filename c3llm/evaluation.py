@@ -401,8 +401,9 @@ def add_eval_parser(commands, formatter_class) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for results.json and results.md")
     p.add_argument("--max-clips", type=int, metavar="N", help="evaluate the first N clips of each task only")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N", help="clips per generate call")
-    p.add_argument("--seconds", type=float, metavar="S", help="generated audio length (default: the model's "
-                   "generation config: its audio_length_in_s, else up to max_audio_seconds)")
+    p.add_argument("--seconds", type=float, metavar="S", help="generated audio length (default: a video's length "
+                   "when it is longer than the model's window, generated in windows; the rest of an audio prompt's "
+                   "clip; else the model's generation config: its audio_length_in_s, else up to max_audio_seconds)")
     p.add_argument("--max-new-tokens", type=int, metavar="N", help="caption length limit (default: the model's "
                    "generation config)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding for every task (default: the model's "

@@ -284,6 +284,7 @@ def tiny_config(
     intermediate_size: int | None = None, max_position_embeddings: int = 1024,
     codec_config: EncodecConfig | dict | None = None, video_fps: float = 5.0, video_num_frames: int = 10,
     max_audio_seconds: float = 2.0, nar_num_layers: int = 2, masked_num_layers: int | None = None,
+    nar_attention_window: int | None = None,
 ) -> C3LLMConfig:  # fmt: skip
     """A small but complete configuration: every part is real, only narrow and shallow. The defaults are the tiny
     random model of `c3llm build --tiny`; the demo widens the LLM and plugs in its trained codec. The NAR head has
@@ -324,7 +325,7 @@ def tiny_config(
     )
     sizes = {"hidden_size": hidden_size, "num_attention_heads": num_heads, "intermediate_size": 2 * hidden_size,
              "dropout": 0.0}  # fmt: skip
-    nar = C3LLMNARConfig(num_hidden_layers=nar_num_layers, **sizes)
+    nar = C3LLMNARConfig(num_hidden_layers=nar_num_layers, attention_window=nar_attention_window, **sizes)
     masked = None if masked_num_layers is None else C3LLMMaskedDecoderConfig(num_hidden_layers=masked_num_layers, **sizes)
     return C3LLMConfig(
         text_config=text, codec_config=codec_config, audio_config=audio, vision_config=vision, nar_config=nar,

@@ -33,6 +33,10 @@ class C3LLMNARConfig(PreTrainedConfig):
         dropout (`float`, *optional*, defaults to 0.1): Dropout used in training.
         layer_norm_eps (`float`, *optional*, defaults to 1e-5): Epsilon of the layer norms.
         initializer_range (`float`, *optional*, defaults to 0.02): Std of the normal initialisation.
+        attention_window (`int`, *optional*): Frames on either side that each frame attends to (the condition is
+            always attended; it does not attend to the frames). `None`: every frame. With a window, a frame's codes
+            depend on `attention_window * num_hidden_layers` frames on either side at most, so streamed audio
+            (`C3LLMAudioStreamer`), whose later frames do not exist yet, gets the same finer codes as unstreamed.
     """
 
     model_type = "c3llm_nar"
@@ -47,8 +51,11 @@ class C3LLMNARConfig(PreTrainedConfig):
         dropout: float = 0.1,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        attention_window: int | None = None,
         **kwargs,
     ):
+        if attention_window is not None and (isinstance(attention_window, bool) or attention_window < 1):
+            raise ValueError(f"attention_window must be a positive number of frames or None, got {attention_window!r}.")
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"NAR hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})."
@@ -60,7 +67,13 @@ class C3LLMNARConfig(PreTrainedConfig):
         self.dropout = dropout
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
+        self.attention_window = attention_window
         super().__init__(**kwargs)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Frames on either side that can change a frame's output (`None`: all of them)."""
+        return None if self.attention_window is None else self.attention_window * self.num_hidden_layers
 
 
 class C3LLMMaskedDecoderConfig(C3LLMNARConfig):

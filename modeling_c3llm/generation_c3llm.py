@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 from .configuration_c3llm import C3LLMConfig
 from .masked_decoding_c3llm import DEFAULT_DECODING_STEPS, C3LLMMaskedDecodingMixin, sample_codes
 from .streaming_c3llm import (
+    DEFAULT_LOOKAHEAD_SECONDS,
     MIN_CHUNK_SECONDS,
     AudioTimeline,
     C3LLMAudioStreamer,
@@ -183,8 +184,12 @@ class CoarseCodesStream(BaseStreamer):
     def __init__(self, model: "C3LLMGenerationMixin", timeline: AudioTimeline, span: Window, known: torch.LongTensor,
                  condition: tuple[torch.Tensor, torch.BoolTensor]):  # fmt: skip
         self.model, self.timeline, self.span, self.known, self.condition = model, timeline, span, known, condition
-        rate = model.config.frame_rate
-        self.lookahead = round(timeline.streamer.lookahead_in_s * rate)
+        rate, seconds = model.config.frame_rate, timeline.streamer.lookahead_in_s
+        field = model.config.nar_config.receptive_field if model.nar_head is not None else None
+        if seconds is None:
+            self.lookahead = field if field is not None else round(DEFAULT_LOOKAHEAD_SECONDS * rate)
+        else:
+            self.lookahead = round(seconds * rate)
         self.every = timeline.frames_per_chunk
         self.tokens: list[torch.Tensor] = []
         self.final = 0  # new frames whose codes are final
@@ -434,7 +439,7 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
         )  # fmt: skip
 
     def generate_stream(
-        self, *args, chunk_length_in_s: float = MIN_CHUNK_SECONDS, lookahead_in_s: float = 0.2, **kwargs
+        self, *args, chunk_length_in_s: float = MIN_CHUNK_SECONDS, lookahead_in_s: float | None = None, **kwargs
     ) -> Iterator[torch.Tensor]:
         r"""
         Generates audio like `generate(*args, **kwargs)` and yields it in chunks `(batch_size, channels, samples)` of

@@ -128,6 +128,7 @@ class C3LLMCodesTransformer(nn.Module):
         self.segment_embeddings = nn.Embedding(2, sizes.hidden_size)
         self.layers = nn.ModuleList(C3LLMNARLayer(sizes) for _ in range(sizes.num_hidden_layers))
         self.norm = nn.LayerNorm(sizes.hidden_size, eps=sizes.layer_norm_eps)
+        self.attention_window = getattr(sizes, "attention_window", None)
 
     def encode(
         self,
@@ -149,9 +150,23 @@ class C3LLMCodesTransformer(nn.Module):
         key_mask = torch.cat([condition_mask, frames_mask], dim=1).bool()
         # Without padding no mask at all, so that SDPA may use its fused kernels.
         attention_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
+        if self.attention_window is not None:  # frames see the condition and their neighbours; the condition itself
+            local = self._local_mask(condition.shape[1], acoustic.shape[1], acoustic.device)
+            attention_mask = local if attention_mask is None else attention_mask & local
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask)
         return self.norm(hidden_states[:, condition.shape[1] :])
+
+
+    def _local_mask(self, condition_length: int, frames: int, device: torch.device) -> torch.Tensor:
+        """`(1, 1, length, length)`: the condition attends to the condition; a frame to the condition and to the
+        frames within `attention_window` of it."""
+        length = condition_length + frames
+        index = torch.arange(length, device=device)
+        is_frame = index >= condition_length
+        near = (index[:, None] - index[None, :]).abs() <= self.attention_window
+        allowed = ~is_frame[None, :] | (is_frame[:, None] & near)
+        return allowed[None, None]
 
 
 class C3LLMNARHead(C3LLMCodesTransformer):

@@ -11,6 +11,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 
+DEFAULT_LOOKAHEAD_SECONDS = 0.2  # streaming with a NAR head that attends to every frame
 MIN_CHUNK_SECONDS = 0.5  # the shortest chunk a streamer hands out (but the last of a clip that ends at </Audio>)
 CODEC_CONTEXT_SECONDS = 0.5  # earlier audio decoded again before each chunk, so that the codec's state has settled
 CROSSFADE_SECONDS = 0.01  # each chunk's start is crossfaded with the previous decode of the same samples
@@ -76,20 +77,21 @@ class C3LLMAudioStreamer(BaseStreamer):
 
     Args:
         chunk_length_in_s (`float`, *optional*, defaults to 0.5): The least audio per chunk (at least 0.5 s).
-        lookahead_in_s (`float`, *optional*, defaults to 0.2): Coarse codes generated after a chunk before its finer
-            codebooks are predicted, so that the bidirectional NAR head sees what follows (more: closer to the audio
-            without streaming, later chunks).
+        lookahead_in_s (`float`, *optional*): Coarse codes generated after a chunk before its finer codebooks are
+            predicted, so that the bidirectional NAR head sees what follows. Default: the NAR head's receptive field
+            when its attention is local (`nar_config.attention_window`: then the finer codes equal unstreamed ones),
+            else `DEFAULT_LOOKAHEAD_SECONDS` (more: closer to the audio without streaming, later chunks).
         timeout (`float`, *optional*): Seconds the iterator waits for a chunk before raising `queue.Empty`.
     """
 
-    def __init__(self, chunk_length_in_s: float = MIN_CHUNK_SECONDS, lookahead_in_s: float = 0.2,
+    def __init__(self, chunk_length_in_s: float = MIN_CHUNK_SECONDS, lookahead_in_s: float | None = None,
                  timeout: float | None = None):  # fmt: skip
         if not chunk_length_in_s >= MIN_CHUNK_SECONDS:
             raise ValueError(f"chunk_length_in_s must be at least {MIN_CHUNK_SECONDS} s, got {chunk_length_in_s}.")
-        if not lookahead_in_s >= 0:
+        if lookahead_in_s is not None and not lookahead_in_s >= 0:
             raise ValueError(f"lookahead_in_s must not be negative, got {lookahead_in_s}.")
         self.chunk_length_in_s = float(chunk_length_in_s)
-        self.lookahead_in_s = float(lookahead_in_s)
+        self.lookahead_in_s = lookahead_in_s
         self.timeout = timeout
         self.sampling_rate: int | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -251,4 +253,4 @@ def slice_media(features: dict[str, Any], start: int, stop: int) -> dict[str, An
     return {name: value[:, start:stop] if name in PER_FRAME_INPUTS else value for name, value in features.items()}
 
 
-__all__ = ["AudioTimeline", "C3LLMAudioStreamer", "MIN_CHUNK_SECONDS", "Window", "plan_windows", "window_grid"]
+__all__ = ["AudioTimeline", "C3LLMAudioStreamer", "DEFAULT_LOOKAHEAD_SECONDS", "MIN_CHUNK_SECONDS", "Window", "plan_windows", "window_grid"]

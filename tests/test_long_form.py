@@ -245,3 +245,24 @@ def test_long_form_windows_are_later_windows_of_longer_videos(tiny):
         inputs = example_to_inputs(row)  # the optional audio prompt of video-to-audio comes from its own column
         assert inputs["task"] == "video-to-audio" and np.array_equal(inputs["audio_prompt_codes"], prompt)
     assert len(starts) > 5
+
+
+def test_a_local_nar_head_streams_exactly_the_unstreamed_codes():
+    from conversion.build_c3llm import build_tiny
+
+    model, processor = build_tiny(seed=1, nar_attention_window=3)  # receptive field 2 layers * 3 = 6 frames
+    model.eval()
+    assert model.config.nar_config.receptive_field == 6
+    inputs = processor(text="a bell", task="text-to-audio")
+    codes = torch.randint(0, 1024, (1, 1, 60))
+    frames_mask = torch.ones(1, 60, dtype=torch.bool)
+    condition = model.get_multimodal_embeddings(inputs["input_ids"]), inputs["attention_mask"].bool()
+    whole = model.nar_head(*condition, codes, frames_mask)
+    part = model.nar_head(*condition, codes[..., :40], frames_mask[:, :40])
+    assert torch.allclose(whole[:, :34], part[:, :34], atol=1e-5)  # frames 6 or more before the end: unchanged
+    assert not torch.allclose(whole[:, 34:40], part[:, 34:40], atol=1e-5)
+    torch.manual_seed(0)
+    unstreamed = model.generate(**inputs, audio_length_in_s=3.0, do_sample=True)
+    torch.manual_seed(0)
+    streamed = model.generate(**inputs, audio_length_in_s=3.0, do_sample=True, streamer=C3LLMAudioStreamer())
+    assert torch.equal(streamed.audio_codes, unstreamed.audio_codes)  # the default lookahead is the receptive field
