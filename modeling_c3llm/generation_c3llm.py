@@ -262,9 +262,8 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
     def _output_audio(self, input_ids: torch.LongTensor) -> bool:
         """Whether the prompts `(batch, length)` ask for audio: they all end with `<Audio>` or an audio prompt's
         acoustic tokens; none does for text."""
-        last = input_ids[:, -1]
-        code = last - self.config.acoustic_token_offset
-        audio_rows = (last == self.config.audio_start_token_id) | ((code >= 0) & (code < self.config.codebook_size))
+        last = input_ids[:, -1:]
+        audio_rows = ((last == self.config.audio_start_token_id) | self._is_acoustic(last))[:, 0]
         if audio_rows.any() and not audio_rows.all():
             raise ValueError("A batch must be all audio-output tasks or all text-output tasks; split it in two.")
         return bool(audio_rows.all())
@@ -763,8 +762,12 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
     def _condition_mask(self, ids: torch.LongTensor, mask: torch.Tensor) -> torch.BoolTensor:
         """The positions the NAR head and the masked decoder are conditioned on: the prompt without acoustic tokens
         (the audio they continue is among their frames instead)."""
+        return mask.bool() & ~self._is_acoustic(ids)
+
+    def _is_acoustic(self, ids: torch.LongTensor) -> torch.BoolTensor:
+        """Which ids are acoustic tokens (codes of codebook 1)."""
         codes = ids - self.config.acoustic_token_offset
-        return mask.bool() & ~((codes >= 0) & (codes < self.config.codebook_size))
+        return (codes >= 0) & (codes < self.config.codebook_size)
 
     def _autoregressive_window(
         self,
@@ -849,8 +852,7 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
     def _tokens_to_codes(self, tokens: torch.LongTensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
         """Generated ids -> codebook-1 codes `(batch, frames)` up to the first non-acoustic token, and the frame mask."""
         codes = tokens - self.config.acoustic_token_offset
-        is_code = (codes >= 0) & (codes < self.config.codebook_size)
-        frames_mask = is_code.long().cumprod(dim=-1).bool()
+        frames_mask = self._is_acoustic(tokens).long().cumprod(dim=-1).bool()
         frames = max(int(frames_mask.sum(-1).max()), 1)
         return codes[:, :frames].masked_fill(~frames_mask[:, :frames], 0), frames_mask[:, :frames]
 
