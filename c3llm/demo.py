@@ -1,4 +1,4 @@
-"""`c3llm demo`: generate SynthFoley, train a small C3LLM on all seven tasks, evaluate every task strictly on held-out
+"""`c3llm demo`: generate SynthFoley, train a small C3LLM on every task, evaluate every task strictly on held-out
 clips, and leave the trained model as a push-ready folder with its results in the card.
 
 Runs offline on a CPU in minutes. The codec is the small EnCodec trained on SynthFoley that ships in
@@ -467,7 +467,7 @@ def add_demo_parser(commands, formatter_class) -> None:
     demo = commands.add_parser(
         "demo",
         help="generate SynthFoley, train a small C3LLM on every task, evaluate, report (offline, ~8 min on 2 cores)",
-        description="The main offline job: write SynthFoley clips, train a small C3LLM on all seven tasks, evaluate\n"
+        description="The main offline job: write SynthFoley clips, train a small C3LLM on every task, evaluate\n"
         "every task on held-out clips with the SynthFoley event detector, write a report and the trained model.",
         epilog=DEMO_EPILOG,
         formatter_class=formatter_class,

@@ -28,7 +28,7 @@ def test_eval_writes_the_papers_tables_and_the_model_index(tiny_folder, tmp_path
     assert code == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     tasks = results["tasks"]
-    assert set(tasks) == set(TASKS)  # SynthFoley serves all seven tasks
+    assert set(tasks) == set(TASKS)  # SynthFoley serves every task
     assert all(t["clips"] == 3 for t in tasks.values())
     assert {"bleu_4", "rouge_l", "cider_d"} <= set(tasks["audio-to-text"]["scores"])
     assert "spider" in tasks["audio-to-text"]["skipped"] or "spider" in tasks["audio-to-text"]["scores"]
