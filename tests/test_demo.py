@@ -99,7 +99,7 @@ def test_demo_rejects_bad_settings_and_unwritable_folders(tmp_path, capsys):
                            (["--train-clips", "3"], "--train-clips must be at least 4"),
                            (["--train-clips", "10", "--video-clips", "20"], "at most --train-clips"),
                            (["--steps", "0"], "--steps must be positive"),
-                           (["--long-clip-seconds", "2"], "--long-clip-seconds must exceed")):  # fmt: skip
+                           (["--long-clips", "10", "--long-clip-seconds", "2"], "--long-clip-seconds must exceed")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", "--out", str(tmp_path / "d"), *flags])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
