@@ -32,6 +32,19 @@ def run_cli(*args, timeout=300):
     )
 
 
+def run_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """`c3llm ARGS` in this process (for the many argument checks, which need no fresh interpreter), as `run_cli`
+    reports it."""
+    from c3llm.cli import main
+
+    try:
+        code = main([str(arg) for arg in args])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
 def assert_usage_error(result, *needles):
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
@@ -295,7 +308,7 @@ def test_stream_error_removes_the_partial_file(tmp_path):
     assert not (tmp_path / "p.wav").exists()
 
 
-def test_generate_audio_prompt_writes_only_the_new_audio(model_dir, stereo_wav, tmp_path):
+def test_generate_audio_prompt_writes_only_the_new_audio(model_dir, stereo_wav, tmp_path, capsys):
     """A 1 s 44.1 kHz stereo prompt is encoded with the model's codec; --seconds is the new audio alone."""
     out = tmp_path / "more.wav"
     result = run_cli("generate", "--model", model_dir, "--audio-prompt", stereo_wav, "--text", "louder",
@@ -307,10 +320,11 @@ def test_generate_audio_prompt_writes_only_the_new_audio(model_dir, stereo_wav, 
 
     long_prompt = tmp_path / "long.wav"
     sf.write(long_prompt, np.full(3 * CODEC_RATE, 0.1), CODEC_RATE)
-    result = run_cli("generate", "--model", model_dir, "--audio-prompt", long_prompt, "--seconds", 1,
-                     "--out", tmp_path / "x.wav")  # fmt: skip
+    result = run_in_process(capsys, "generate", "--model", model_dir, "--audio-prompt", long_prompt, "--seconds", 1,
+                            "--out", tmp_path / "x.wav")  # fmt: skip
     assert_usage_error(result, "c3llm: error: --audio-prompt", "3.00 s long", "window of 2 s")
-    result = run_cli("generate", "--model", model_dir, "--audio-prompt", tmp_path / "none.wav", "--out", tmp_path / "x.wav")
+    result = run_in_process(capsys, "generate", "--model", model_dir, "--audio-prompt", tmp_path / "none.wav", "--out",
+                            tmp_path / "x.wav")  # fmt: skip
     assert_usage_error(result, "c3llm: error: --audio-prompt", "none.wav")
     assert not (tmp_path / "x.wav").exists()
 
@@ -344,15 +358,17 @@ def test_generate_infers_the_task_from_the_inputs():
         (["--seconds", 1, "--chunk-seconds", 1], ["--chunk-seconds sets the chunks of --stream"]),
     ],
 )  # fmt: skip
-def test_generate_rejects_bad_lengths_and_stream_settings(model_dir, tmp_path, extra, needles):
+def test_generate_rejects_bad_lengths_and_stream_settings(model_dir, tmp_path, capsys, extra, needles):
     out = tmp_path / "x.wav"
-    result = run_cli("generate", "--model", model_dir, "--task", "text-to-audio", "--text", "a", *extra, "--out", out)
+    result = run_in_process(capsys, "generate", "--model", model_dir, "--task", "text-to-audio", "--text", "a", *extra,
+                            "--out", out)  # fmt: skip
     assert_usage_error(result, *needles)
     assert not out.exists()
 
 
-def test_generate_stream_of_a_text_task_is_an_error(model_dir, stereo_wav, tmp_path):
-    result = run_cli("generate", "--model", model_dir, "--audio", stereo_wav, "--stream", "--out", tmp_path / "x.txt")
+def test_generate_stream_of_a_text_task_is_an_error(model_dir, stereo_wav, tmp_path, capsys):
+    result = run_in_process(capsys, "generate", "--model", model_dir, "--audio", stereo_wav, "--stream", "--out",
+                            tmp_path / "x.txt")  # fmt: skip
     assert_usage_error(result, "c3llm: error: --stream applies to audio tasks", "audio-to-text")
     assert not (tmp_path / "x.txt").exists()
 
