@@ -629,8 +629,6 @@ class C3LLMGenerationMixin(C3LLMMaskedDecodingMixin, GenerationMixin):
             negative = self._negative_prompts(
                 guidance_scale, cond_ids, r.negative_prompt_ids, r.negative_prompt_attention_mask, r.features
             )
-        elif r.negative_prompt_ids is not None:
-            raise ValueError("negative_prompt_ids act through guidance: pass guidance_scale (!= 1) with audio prompts.")
         if copies > 1:  # every candidate is a row of its own from here on
             cond_ids, cond_mask, prefix = (t.repeat_interleave(copies, 0) for t in (cond_ids, cond_mask, prefix))
             features = {name: value.repeat_interleave(copies, 0) for name, value in r.features.items()}
