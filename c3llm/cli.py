@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from c3llm.loading import CLIError, load_model
+from c3llm.loading import CLIError, encode_audio_prompt, load_model
 from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
 from modeling_c3llm.generation_c3llm import DECODINGS
 from processing_c3llm.processing_c3llm import INPUT_ARGUMENTS, TASKS, check_task_inputs
@@ -178,22 +178,6 @@ def _load_video_features(path: Path) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise CLIError(f"--video-features file '{path}' must hold one array (frames, features), not an .npz archive.")
     return array
-
-
-def _encode_audio_prompt(model, processor, path: Path) -> Any:
-    """The EnCodec codes `(num_codebooks, frames)` of an audio prompt file (any rate and channel count), checked to be
-    shorter than the model's window, which continues it."""
-    import torch
-
-    target = processor.prepare_audio_target(os.fspath(path))  # MediaError names the file
-    with torch.no_grad():
-        codes = model.encode_audio(**target)[0]
-    config = model.config
-    if codes.shape[-1] >= round(config.max_audio_seconds * config.frame_rate):
-        raise CLIError(f"--audio-prompt {path} is {codes.shape[-1] / config.frame_rate:.2f} s long; this model continues "
-                       f"prompts shorter than its window of {config.max_audio_seconds:g} s (max_audio_seconds): trim "
-                       "it to its last seconds.")  # fmt: skip
-    return codes
 
 
 class StreamingWavWriter:
@@ -348,7 +332,7 @@ def run_task(
         arguments["video_features"] = _load_video_features(inputs["video_features"])
     try:
         if "audio_prompt_codes" in arguments:
-            arguments["audio_prompt_codes"] = _encode_audio_prompt(model, processor, Path(arguments["audio_prompt_codes"]))
+            arguments["audio_prompt_codes"] = encode_audio_prompt(model, processor, arguments["audio_prompt_codes"])
         batch = processor(**arguments, task=task)
     except ValueError as e:  # MediaError too
         raise input_error(e, inputs) from e
@@ -434,6 +418,20 @@ def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
                       decoding_steps=args.decoding_steps, window_context=args.window_context, stream=args.stream,
                       chunk_seconds=args.chunk_seconds)  # fmt: skip
     print(f"{result.task}: wrote {result.output} ({result.describe()})")
+    return 0
+
+
+# ---- serve ----------------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        from c3llm.web.app import serve
+        from c3llm.web.runner import Limits
+    except ImportError as e:
+        raise CLIError(f"`c3llm serve` needs the web extra ({e}); install it with `pip install \"c3llm[web]\"`.") from e
+    limits = Limits(max_upload_mb=args.max_upload_mb, max_input_seconds=args.max_input_seconds,
+                    max_output_seconds=args.max_seconds)  # fmt: skip
+    serve(args.model, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+          max_queue=args.max_queue, limits=limits)  # fmt: skip
     return 0
 
 
@@ -624,6 +622,17 @@ The model is random, so the audio is noise and the text gibberish: the tour chec
 """
 
 
+SERVE_EPILOG = """examples:
+  c3llm serve --model models/tiny                      # http://127.0.0.1:7860
+  c3llm serve --model models/c3llm --host 0.0.0.0 --port 8080 --concurrency 2
+  c3llm serve --model org/c3llm --share                # also a public gradio.live link
+
+The page calls `generate` on the API too (gradio_client): Client("http://127.0.0.1:7860").predict(..., api_name=
+"/text_to_audio"), one endpoint per task. Everything it writes lives in one temporary folder, removed on Ctrl-C or
+SIGTERM. A Hugging Face Space runs `app.py` at the repository root (README "Web demo").
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -631,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  c3llm build --tiny --out models/tiny\n"
         "  c3llm generate --model models/tiny --task text-to-audio --text 'a dog barks' --out dog.wav\n"
         "  c3llm tour --out outputs/tour\n  c3llm train c3llm/recipes/stage1.yaml\n"
-        "  c3llm demo --out outputs/demo\n  c3llm eval --model models/tiny --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval\n\nRun `c3llm COMMAND --help` for the flags of each command.",
+        "  c3llm demo --out outputs/demo\n  c3llm serve --model models/tiny\n  c3llm eval --model models/tiny --dataset synthfoley --data-dir outputs/demo/data --out outputs/eval\n\nRun `c3llm COMMAND --help` for the flags of each command.",
         formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -743,6 +752,34 @@ def build_parser() -> argparse.ArgumentParser:
     tour.add_argument("--seconds", type=_positive_float, default=1.0, metavar="S", help="length of each generated clip")
     tour.add_argument("--seed", type=int, default=0, help="random seed of the model weights and of the sampling")
     tour.set_defaults(handler=cmd_tour, subparser=tour)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the web demo (Gradio): a tab per task",
+        description="Serve a web page with one tab per task: inputs (with examples), sampling settings,\n"
+        "audio players, the video with its new soundtrack, spectrograms and downloads. One model is\n"
+        "loaded once and shared; requests wait in a queue. Needs `pip install \"c3llm[web]\"`.",
+        epilog=SERVE_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument("--model", required=True, metavar="DIR_OR_ID",
+                       help="model folder (from `c3llm build`) or Hub repository id (downloaded unless HF_HUB_OFFLINE)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; 0.0.0.0 makes the page reachable from other machines")
+    serve.add_argument("--port", type=_positive_int, default=7860, help="port to listen on")
+    serve.add_argument("--share", action="store_true",
+                       help="also open a public *.gradio.live link through Gradio's share servers (off by default)")
+    serve.add_argument("--concurrency", type=_positive_int, default=1, metavar="N",
+                       help="requests that run at once (generation itself takes the one model in turn)")
+    serve.add_argument("--max-queue", type=_positive_int, default=64, metavar="N",
+                       help="requests that may wait in the queue; more are refused with a 'queue full' message")
+    serve.add_argument("--max-upload-mb", type=_positive_float, default=50.0, metavar="MB",
+                       help="largest file a user may upload")
+    serve.add_argument("--max-input-seconds", type=_positive_float, default=30.0, metavar="S",
+                       help="longest audio, audio prompt or video a user may upload")
+    serve.add_argument("--max-seconds", type=_positive_float, default=30.0, metavar="S",
+                       help="longest audio a user may ask for (and never beyond the model's max_generation_seconds)")
+    serve.set_defaults(handler=cmd_serve, subparser=serve)
 
     # `c3llm train ...` is handed to the training recipe's own HfArgumentParser (see main); listed here for --help.
     commands.add_parser("train", help="fine-tune with the Trainer recipes (see `c3llm train --help`)", add_help=False)

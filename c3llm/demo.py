@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoModel, AutoProcessor, EncodecModel, GenerationConfig
 
 from c3llm.data import datasets as data
 from c3llm.data.collator import with_tasks
+from c3llm.plots import plot_loss, plot_spectrograms
 from c3llm.synthfoley.synthfoley import CLIP_SECONDS, write_synthfoley, write_vggsound
 from conversion.build_c3llm import build_tiny, save_folder
 from conversion.model_card import update_model_index
@@ -248,40 +248,6 @@ def evaluate(model, processor, data_dir: Path, audio_dir: Path | None, settings:
                                  seed=settings.seed, audio_dir=None if audio_dir is None else str(audio_dir),
                                  **masked)  # fmt: skip
     return run_eval(model, processor, eval_settings)
-
-
-def plot_loss(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("loss", "lm_loss", "nar_loss", "masked_loss"):
-        points = [(r["step"], r[key]) for r in log_history if key in r and "step" in r]
-        if points:
-            ax.plot(*zip(*points), label=key)
-    ax.set(xlabel="step", ylabel="cross-entropy", title="C3LLM demo training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_spectrograms(items: list[tuple[str, np.ndarray]], sampling_rate: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(items), 1, figsize=(6, 1.8 * len(items)), squeeze=False)
-    for ax, (title, wave) in zip(axes[:, 0], items):
-        ax.specgram(wave, Fs=sampling_rate, NFFT=512, noverlap=384, cmap="magma")
-        ax.set_title(title, fontsize=8)
-        ax.set_ylim(0, 4000)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _task_figures(results: dict[str, Any]) -> dict[str, Any]:

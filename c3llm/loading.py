@@ -1,4 +1,5 @@
-"""Loading a model for the commands: a folder or a Hub id, with one clear error line for what cannot be loaded."""
+"""Loading a model for the commands (a folder or a Hub id, with one clear error line for what cannot be loaded), and
+reading an audio prompt into the codes the model continues."""
 
 from __future__ import annotations
 
@@ -43,3 +44,20 @@ def load_model(source: str | os.PathLike):
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CLIError(f"--model: could not load the model from the {where}: {message}") from e
     return model.eval(), processor
+
+
+def encode_audio_prompt(model, processor, source: str | os.PathLike):
+    """The EnCodec codes `(num_codebooks, frames)` of an audio prompt file (any rate and channel count), checked to be
+    shorter than the model's window, which continues it. Raises `ValueError` (a `MediaError` for an unreadable file)
+    naming the file."""
+    import torch
+
+    target = processor.prepare_audio_target(os.fspath(source))  # MediaError names the file
+    with torch.no_grad():
+        codes = model.encode_audio(**target)[0]
+    config = model.config
+    if codes.shape[-1] >= round(config.max_audio_seconds * config.frame_rate):
+        raise ValueError(f"the audio prompt '{os.fspath(source)}' is {codes.shape[-1] / config.frame_rate:.2f} s long; "
+                         f"this model continues prompts shorter than its window of {config.max_audio_seconds:g} s "
+                         "(max_audio_seconds): trim it to its last seconds.")  # fmt: skip
+    return codes

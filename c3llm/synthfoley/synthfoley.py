@@ -28,15 +28,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
-from processing_c3llm.media_c3llm import atomic_path, write_text, write_wav
+from processing_c3llm.media_c3llm import atomic_path, write_mp4, write_text, write_wav
 
 EVENT_CLASSES = ("high beep", "low beep", "chirp", "noise burst", "click train", "hum")
 
@@ -404,33 +402,6 @@ def _layout_files(layout: str, split: str, clip_id: str) -> dict[str, str]:
     return files
 
 
-def write_mp4(path: str | os.PathLike, clip: Clip) -> None:
-    """Muxes the clip's frames (H.264, or MPEG-4 Part 2 without libx264, yuv420p) and audio (AAC mono) into an MP4."""
-    path = Path(path)
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with atomic_path(path, suffix=".mp4") as tmp_path:
-        with av.open(tmp_path, "w", format="mp4") as container:
-            video = container.add_stream(codec, rate=Fraction(clip.fps).limit_denominator(1001))
-            video.width, video.height = clip.frames.shape[2], clip.frames.shape[1]
-            video.pix_fmt = "yuv420p"
-            video.codec_context.thread_count = 1  # deterministic output
-            if codec == "libx264":
-                video.options = {"crf": "12", "preset": "medium"}
-            audio = container.add_stream("aac", rate=clip.sampling_rate, layout="mono")
-            audio.bit_rate = 128000
-            audio.options = {"aac_coder": "fast"}  # a third of the default coder's time, as close to the source
-            for frame in clip.frames:
-                container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(video.encode())
-            for start in range(0, len(clip.audio), 1024):
-                samples = clip.audio[None, start : start + 1024]
-                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = clip.sampling_rate, start
-                frame.time_base = Fraction(1, clip.sampling_rate)
-                container.mux(audio.encode(frame))
-            container.mux(audio.encode())
-
-
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Atomically writes uint8 RGB pixels (H, W, 3) as a PNG file."""
     with atomic_path(path, suffix=".png") as tmp_path:
@@ -452,7 +423,7 @@ def _write_clip(
             continue
         # The neutral video's shapes are placed by the clip's random stream, which goes on after `make_clip`.
         frames = clip.frames if layout == "vggsound" else neutral_frames(clip, rng)
-        write_mp4(files["file"], replace(clip, frames=frames))
+        write_mp4(files["file"], frames, clip.fps, clip.audio, clip.sampling_rate)
         if "image" in files:
             # As wide as the frames, or wider for the many events of a long clip (4 px per glyph).
             size = max(clip.frames.shape[1], 4 * len(clip.events))
@@ -473,7 +444,7 @@ def _write_prompt_clip(index: int, layout: str, folder: Path, split: str, seed: 
     if _LAYOUT_STYLES[layout] == "audiocaps":
         write_wav(files["file"], clip.audio, clip.sampling_rate)
     else:
-        write_mp4(files["file"], clip)
+        write_mp4(files["file"], clip.frames, clip.fps, clip.audio, clip.sampling_rate)
     return clip_id, {"caption": clip.caption, "events": [asdict(event) for event in clip.events], **fields}
 
 
