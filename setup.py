@@ -47,9 +47,17 @@ PINNED = [
     "peft>=0.18.1,<0.22",
 ]
 
-# What the tests need beyond the install: pytest, and import-linter for tests/test_layers.py, which reads the report
-# of lint-imports 2.x ("<contract> KEPT/BROKEN", "Contracts: N kept, M broken."; tested with 2.17).
-TEST = ["pytest", "import-linter>=2.17,<3"]
+# The web demo (`c3llm serve`, app.py): an extra, so users of the model alone do not install Gradio. Pinned because
+# c3llm/web/app.py relies on Gradio 6 details that move between releases: `launch(theme=, footer_links=,
+# app_kwargs=)`, Gradio reading GRADIO_TEMP_DIR when it is imported, `gr.State` inputs left out of the API, and the
+# file route's rules (tests/test_web.py checks them). gradio_client, which the tests drive it with, comes with it.
+WEB = ["gradio==6.31.0"]
+
+# What the tests need beyond the install: pytest; import-linter for tests/test_layers.py, which reads the report of
+# lint-imports 2.x ("<contract> KEPT/BROKEN", "Contracts: N kept, M broken."; tested with 2.17); the web extra, and
+# Playwright's Python package for the browser test, which drives Debian's chromium (`executable_path`; Playwright's
+# own browser download is never run).
+TEST = ["pytest", "import-linter>=2.17,<3", *WEB, "playwright>=1.50"]
 
 REQUIRED = [
     "safetensors",  # model.safetensors is read and written through transformers
@@ -81,7 +89,8 @@ setup(
     long_description=README.read_text(encoding="utf-8") if README.is_file() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["modeling_c3llm", "processing_c3llm", "conversion", "c3llm", "c3llm.data", "c3llm.metrics", "c3llm.synthfoley"],
+    packages=["modeling_c3llm", "processing_c3llm", "conversion", "c3llm", "c3llm.data", "c3llm.metrics", "c3llm.synthfoley",
+              "c3llm.web"],
     # The Trainer recipes, the evaluate metric modules with the paper's numbers, the SynthFoley codec checkpoint, the
     # model-card template and the reference scripts of the parity tests.
     package_data={
@@ -90,6 +99,6 @@ setup(
         "conversion": ["templates/*.md", "reference/*.py", "reference/*.txt"],
     },
     install_requires=PINNED + REQUIRED,
-    extras_require={"test": TEST},
+    extras_require={"web": WEB, "test": TEST},
     entry_points={"console_scripts": ["c3llm=c3llm.cli:main"]},
 )

@@ -245,8 +245,24 @@ def assemble(config: C3LLMConfig, tokenizer, feature_extractor, codec_feature_ex
     torch.manual_seed(seed)
     model = C3LLMForConditionalGeneration(config)
     init_new_token_rows(model)
+    init_codebooks(model.codec, seed)
     processor = make_processor(config, tokenizer, feature_extractor, codec_feature_extractor, image_processor)
     return model.eval(), processor
+
+
+@torch.no_grad()
+def init_codebooks(codec, seed: int = 0) -> None:
+    """Draws a random codec's codebook entries from a unit normal. transformers initialises EnCodec's codebooks to
+    zeros, so a random codec would decode every code to the same audio; with these, the random model's audio depends
+    on its codes (and sampling seed) as a trained codec's does. Its own generator leaves torch's global one as the
+    rest of the build left it."""
+    from transformers.models.encodec.modeling_encodec import EncodecEuclideanCodebook
+
+    generator = torch.Generator().manual_seed(seed)
+    for module in codec.modules():
+        if isinstance(module, EncodecEuclideanCodebook):
+            module.embed.copy_(torch.randn(module.embed.shape, generator=generator))
+            module.embed_avg.copy_(module.embed)
 
 
 @torch.no_grad()

@@ -36,6 +36,7 @@ TITLE = "C3LLM: one LLM for text, video and images to audio, and audio and video
 # How each input kind of `TASKS` reads on the page.
 INPUT_LABELS = {"text": "Text prompt", "video": "Video", "image": "Image", "audio": "Audio",
                 "audio_prompt": "Audio prompt (the audio to continue)"}  # fmt: skip
+VIDEO_HEIGHT = 260  # pixels of the video players, whatever the video's size
 
 
 @dataclass
@@ -119,7 +120,10 @@ class Cancels:
 
 
 def task_title(task: str) -> str:
-    return task.replace("-to-", " → ").replace("-", " ").capitalize()
+    """A tab's title: "video-text-to-audio" -> "Video + text → audio"."""
+    source, found, target = task.partition("-to-")
+    title = " + ".join(source.split("-")) + (f" → {target}" if found else "")
+    return title.capitalize() if found else title.replace(" + ", " ").capitalize()
 
 
 def build_app(runner: Runner, examples: Examples | None = None, concurrency: int = 1):
@@ -158,7 +162,7 @@ def _task_tab(gr: Any, runner: Runner, cancels: Cancels, task: str, row, example
                 if kind == "text":
                     inputs[kind] = gr.Textbox(label=label, lines=2, elem_id=f"{task}-text")
                 elif kind == "video":
-                    inputs[kind] = gr.Video(label=label, sources=["upload"], elem_id=f"{task}-video")
+                    inputs[kind] = gr.Video(label=label, sources=["upload"], height=VIDEO_HEIGHT, elem_id=f"{task}-video")
                 elif kind == "image":
                     inputs[kind] = gr.Image(label=label, type="filepath", sources=["upload"], elem_id=f"{task}-image")
                 else:
@@ -170,7 +174,7 @@ def _task_tab(gr: Any, runner: Runner, cancels: Cancels, task: str, row, example
             seconds = setting(audio_out, None, lambda: gr.Slider(
                 MIN_SECONDS, runner.max_output_seconds, value=runner.default_seconds, step=0.1, label="Duration (s)",
                 elem_id=f"{task}-seconds"))  # fmt: skip
-            with gr.Accordion("Settings", open=False):
+            with gr.Accordion("Settings", open=False, elem_id=f"{task}-settings"):
                 seed = gr.Number(-1, precision=0, minimum=-1, maximum=MAX_SEED, label="Seed (-1 = random)",
                                  elem_id=f"{task}-seed")  # fmt: skip
                 candidates = gr.Slider(1, MAX_CANDIDATES, value=1, step=1, label="Candidates",
@@ -204,13 +208,13 @@ def _task_tab(gr: Any, runner: Runner, cancels: Cancels, task: str, row, example
                                     elem_id=f"{task}-out-{i}") for i in range(1, MAX_CANDIDATES + 1)]  # fmt: skip
                 if "video" in row.inputs:
                     video_out = gr.Video(label="Video with the generated audio (candidate 1)", interactive=False,
-                                     elem_id=f"{task}-out-video")  # fmt: skip
+                                         height=VIDEO_HEIGHT, elem_id=f"{task}-out-video")  # fmt: skip
                 spectrogram = gr.Image(label="Spectrogram", type="filepath", interactive=False,
                                        elem_id=f"{task}-spectrogram")  # fmt: skip
                 files = gr.File(label="Download", file_count="multiple", interactive=False, elem_id=f"{task}-files")
             else:
                 caption = gr.Textbox(label="Caption", lines=3, interactive=False, elem_id=f"{task}-caption")
-            seed_used = gr.Number(label="Seed used", interactive=False, precision=0, elem_id=f"{task}-seed-used")
+            seed_used = gr.Number(None, label="Seed used", interactive=False, precision=0, elem_id=f"{task}-seed-used")
             summary = gr.Textbox(label="Run", interactive=False, elem_id=f"{task}-summary")
     outputs = [c for c in (*players, video_out, spectrogram, files, caption, seed_used, summary) if c is not None]
 

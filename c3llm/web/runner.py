@@ -120,7 +120,8 @@ class _Steps:
     def __init__(self, model, total: int, progress: Callable[[float, str], None] | None,
                  cancel: threading.Event | None, what: str):  # fmt: skip
         self.total, self.progress, self.cancel, self.what, self.done = max(total, 1), progress, cancel, what, 0
-        modules = [model.language_model, getattr(model, "masked_decoder", None)]
+        # The LLM's decoder stack (every generation step runs it, with or without the LM head) and the masked decoder.
+        modules = [getattr(model.language_model, "model", model.language_model), getattr(model, "masked_decoder", None)]
         self.handles = [m.register_forward_pre_hook(self._step) for m in modules if m is not None]
 
     def _step(self, module, args) -> None:
