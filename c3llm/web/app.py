@@ -162,7 +162,8 @@ def _task_tab(gr: Any, runner: Runner, cancels: Cancels, task: str, row, example
                 if kind == "text":
                     inputs[kind] = gr.Textbox(label=label, lines=2, elem_id=f"{task}-text")
                 elif kind == "video":
-                    inputs[kind] = gr.Video(label=label, sources=["upload"], height=VIDEO_HEIGHT, elem_id=f"{task}-video")
+                    inputs[kind] = gr.Video(label=label, sources=["upload"], height=VIDEO_HEIGHT,
+                                            elem_id=f"{task}-video")  # fmt: skip
                 elif kind == "image":
                     inputs[kind] = gr.Image(label=label, type="filepath", sources=["upload"], elem_id=f"{task}-image")
                 else:

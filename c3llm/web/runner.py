@@ -109,10 +109,6 @@ class Result:
         return text
 
 
-# The Request fields that carry each input kind of `TASKS` (the processor arguments are `INPUT_ARGUMENTS`).
-REQUEST_FIELDS = {"text": "text", "video": "video", "image": "image", "audio": "audio", "audio_prompt": "audio_prompt"}
-
-
 class _Steps:
     """Counts the forward passes of the LLM and the masked decoder while a request generates: it reports the fraction
     done to `progress` and stops generation (raising `Cancelled`) once `cancel` is set."""
@@ -159,7 +155,8 @@ class Runner:
         if request.task not in TASKS:
             raise RequestError(f"unknown task {request.task!r}; choose one of {', '.join(TASKS)}.")
         row = TASKS[request.task]
-        given = [INPUT_ARGUMENTS[kind][0] for kind, name in REQUEST_FIELDS.items() if getattr(request, name) is not None]
+        # A Request field per input kind of `TASKS`, named as the kind.
+        given = [names[0] for kind, names in INPUT_ARGUMENTS.items() if getattr(request, kind) is not None]
         try:
             check_task_inputs(request.task, given)
         except ValueError as e:
@@ -182,8 +179,8 @@ class Runner:
                 raise RequestError(f"max new tokens must be 1 to {self.limits.max_new_tokens}, got "
                                    f"{request.max_new_tokens}.")  # fmt: skip
             return
-        if request.seconds is not None and not (math.isfinite(request.seconds)
-                                                and MIN_SECONDS <= request.seconds <= self.max_output_seconds):  # fmt: skip
+        seconds = request.seconds
+        if seconds is not None and not (math.isfinite(seconds) and MIN_SECONDS <= seconds <= self.max_output_seconds):
             raise RequestError(f"duration must be {MIN_SECONDS:g} to {self.max_output_seconds:g} s on this server, "
                                f"got {request.seconds:g} s.")  # fmt: skip
         if not (math.isfinite(request.guidance_scale) and request.guidance_scale >= 1):
