@@ -18,6 +18,8 @@ import contextlib
 import itertools
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +36,7 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
 from c3llm.data import datasets as data
@@ -438,6 +440,36 @@ class C3LLMTrainer(Trainer):
                 sums[2 * index + 1] += 1
         return (loss, outputs) if return_outputs else loss
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Writes `checkpoint-N` as `.incomplete-checkpoint-N/checkpoint-N` and renames it into place only once every
+        process has written its part, so a job killed at any moment (even mid-save) leaves complete checkpoints
+        only; `--resume_from_checkpoint last` then takes the newest (see `last_complete_checkpoint`)."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, f"{INCOMPLETE_PREFIX}{name}")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # the leftover of a save that was killed
+        self.accelerator.wait_for_everyone()
+        run_dir_of = self._get_output_dir
+        self._get_output_dir = lambda trial=None: staging  # the Trainer writes `staging/checkpoint-N`
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._get_output_dir = run_dir_of
+        self.accelerator.wait_for_everyone()
+        final = os.path.join(run_dir, name)
+        if self.args.should_save:
+            if os.path.isdir(final):  # an incomplete folder of that step from an older run
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging)
+            best = self.state.best_model_checkpoint
+            if best is not None and best.startswith(staging):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
+        self.accelerator.wait_for_everyone()
+
     def _pop_means(self, kind: str) -> dict[str, float]:
         """Means of the tracked losses since the last call, over all processes (a collective call)."""
         sums = torch.tensor(self._loss_sums[kind], dtype=torch.float64, device=self.args.device)
@@ -461,18 +493,53 @@ class C3LLMTrainer(Trainer):
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
+INCOMPLETE_PREFIX = ".incomplete-"  # `C3LLMTrainer._save_checkpoint` writes `checkpoint-N` under this name first
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None. The Trainer writes `trainer_state.json` last."""
+    if not (folder / "trainer_state.json").is_file():
+        return "it has no trainer_state.json (its save did not finish)"
+    if not any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors",
+                                                        "model.safetensors.index.json", "pytorch_model_fsdp_0")):
+        return "it has no model weights"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` of `output_dir`; the newer incomplete ones it passes over, and the
+    leftovers of killed saves (`.incomplete-*`), are named in a warning with the reason."""
+    folder = Path(output_dir)
+    for leftover in sorted(folder.glob(f"{INCOMPLETE_PREFIX}*")):
+        logger.warning(f"{leftover} is the leftover of a save that was killed; it is ignored (and replaced when "
+                       "that step is saved again).")  # fmt: skip
+    steps = sorted(((int(m.group(1)), path) for path in folder.iterdir()
+                    if path.is_dir() and (m := _CHECKPOINT.match(path.name))), reverse=True)  # fmt: skip
+    for _, path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning(f"Skipping {path}: {problem}.")
+    return None
+
+
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `last`/`true` for the newest checkpoint in output_dir."""
+    """`--resume_from_checkpoint PATH`, or `last`/`true` for the newest complete checkpoint in output_dir."""
     resume = training_args.resume_from_checkpoint
     if resume is None or str(resume).lower() in ("", "false", "none"):
         return None
     if str(resume).lower() in ("last", "true"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = last_complete_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if last is None:
-            raise FileNotFoundError(f"No checkpoint-* folder in {training_args.output_dir} to resume from.")
+            raise FileNotFoundError(f"No complete checkpoint-* folder in {training_args.output_dir} to resume from.")
+        logger.warning(f"Resuming from {last}.")
         return last
     if not os.path.isdir(resume):
         raise FileNotFoundError(f"--resume_from_checkpoint {resume} does not exist.")
+    problem = checkpoint_problem(Path(resume))
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {resume} is not a complete checkpoint: {problem}.")
     return resume
 
 

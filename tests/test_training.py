@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -459,6 +460,71 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_folder, tmp_path)
         assert torch.allclose(full[name], resumed[name], atol=1e-6, rtol=0), name
     losses = lambda run: [r["loss"] for r in log_history(tmp_path / run) if "loss" in r]  # noqa: E731
     assert len(losses("full")) == 6 and losses("resumed") == losses("full")  # resumed history: restored + 3 new
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import Trainer
+    from c3llm.training import DataArguments, ModelArguments, run_training
+    from tests.test_training import RESUME_RUN, text_video_dataset, train_args
+
+    folder, out, kill_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    save = Trainer._save_optimizer_and_scheduler
+
+    def killed_midway(self, output_dir):  # the adapter of this step is written, its optimizer state not yet
+        if self.state.global_step == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        save(self, output_dir)
+
+    Trainer._save_optimizer_and_scheduler = killed_midway
+    run_training(ModelArguments(model_name_or_path=folder, stage=1, lora_r=4, lora_alpha=8), DataArguments(),
+                 train_args(out, **RESUME_RUN), train_dataset=text_video_dataset(4))
+    """
+)
+RESUME_RUN = dict(max_steps=4, per_device_train_batch_size=2, save_strategy="steps", save_steps=1, learning_rate=5e-3)
+
+
+def test_a_save_killed_midway_leaves_complete_checkpoints_and_last_resumes_like_an_uninterrupted_run(
+    tiny_folder, tmp_path, caplog
+):
+    """SIGKILL in the middle of writing checkpoint-2 (a hook, not a timer): only complete checkpoints appear, and
+    `--resume_from_checkpoint last` resumes from the newest complete one, naming what it passed over."""
+    script = tmp_path / "killed.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(script), str(tiny_folder), str(out), "2"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=400)  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    folders = sorted(p.name for p in out.iterdir() if "checkpoint" in p.name)
+    assert folders == [".incomplete-checkpoint-2", "checkpoint-1"], folders
+    assert (out / ".incomplete-checkpoint-2" / "checkpoint-2" / "adapter_model.safetensors").is_file()  # mid-save
+    (out / "checkpoint-3").mkdir()  # what a save killed under the plain Trainer leaves: it must not block a resume
+
+    model_args = ModelArguments(model_name_or_path=str(tiny_folder), stage=1, lora_r=4, lora_alpha=8)
+    with caplog.at_level("WARNING", logger="c3llm.training"):
+        run_training(model_args, DataArguments(), train_args(out, resume_from_checkpoint="last", **RESUME_RUN),
+                     train_dataset=text_video_dataset(4))  # fmt: skip
+    assert f"Skipping {out / 'checkpoint-3'}: it has no trainer_state.json" in caplog.text
+    assert f"{out / '.incomplete-checkpoint-2'} is the leftover of a save that was killed" in caplog.text
+    assert f"Resuming from {out / 'checkpoint-1'}." in caplog.text
+    assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == [f"checkpoint-{i}" for i in range(1, 5)]
+
+    run_training(model_args, DataArguments(), train_args(tmp_path / "full", **RESUME_RUN),
+                 train_dataset=text_video_dataset(4))  # fmt: skip
+    full = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        assert torch.allclose(full[name], resumed[name], atol=1e-6, rtol=0), name
+    losses = lambda run: [r["loss"] for r in log_history(run) if "loss" in r]  # noqa: E731
+    assert len(losses(tmp_path / "full")) == 4 and losses(out) == losses(tmp_path / "full")
+    empty = tmp_path / "bare" / "checkpoint-9"
+    empty.mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a complete checkpoint: it has no trainer_state.json"):
+        run_training(model_args, DataArguments(), train_args(tmp_path / "bare", resume_from_checkpoint=str(empty),
+                                                             **RESUME_RUN), train_dataset=text_video_dataset(4))
 
 
 # ---- DDP ----------------------------------------------------------------------------------------------------------
