@@ -117,6 +117,14 @@ class ModelArguments:
             "choices": ["float32", "bfloat16", "float16", "auto"],
         },
     )
+    save_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the saved merged folder (e.g. bfloat16: half the size, loads in bf16 with "
+            "dtype='auto'); default: the training dtype.",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
 
 
 @dataclass
@@ -193,6 +201,11 @@ def load_model_and_processor(model_args: ModelArguments) -> tuple[C3LLMForCondit
         model = C3LLMForConditionalGeneration.from_pretrained(model_args.model_name_or_path, dtype=dtype)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
     return model, processor
+
+
+def _saved_dtype(model: C3LLMForConditionalGeneration, model_args: ModelArguments) -> C3LLMForConditionalGeneration:
+    """The trained model in `--save_dtype` (cast in place: training is over), or as it is."""
+    return model if model_args.save_dtype is None else model.to(getattr(torch, model_args.save_dtype))
 
 
 def _dtype(model_args: ModelArguments) -> Any:
@@ -660,14 +673,14 @@ def run_training(
                 merged.freeze_encoders()
             for name, weight in loss_weights.items():
                 setattr(merged.config, name, weight)
-            save_folder(merged, processor, merged_dir)
+            save_folder(_saved_dtype(merged, model_args), processor, merged_dir)
     elif trainer.is_fsdp_enabled:
         trainer.save_model(str(merged_dir))  # collective: gathers the sharded weights, with processor and code
         if trainer.is_world_process_zero():  # a Hub-ready folder: a model card, no pickled training arguments
             (merged_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)
             render_model_card(trainer.accelerator.unwrap_model(trainer.model).config).save(merged_dir / "README.md")
     elif trainer.is_world_process_zero():
-        save_folder(trainer.accelerator.unwrap_model(trainer.model), processor, merged_dir)
+        save_folder(_saved_dtype(trainer.accelerator.unwrap_model(trainer.model), model_args), processor, merged_dir)
     trainer.accelerator.wait_for_everyone()
 
     metrics.update(
