@@ -76,13 +76,14 @@ class ShardedTrainer:
         model.to(self.device)
         layers = [module for module in model.modules() if type(module).__name__ in LAYER_CLASSES]
         in_layers = {id(p) for layer in layers for p in layer.parameters()}
-        root_trainable = [p for p in model.parameters() if p.requires_grad and id(p) not in in_layers]
+        root_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_layers]
         # Every process must reduce-scatter the same gradients: a projector that this process's batch does not use
-        # gets a zero one. Registered before `fully_shard`, the hook runs while the root's parameters are unsharded.
-        model.register_forward_hook(lambda module, args, output: _touch(output, objective, root_trainable))
+        # gets a zero one. The hook looks the parameters up by name: FSDP swaps in unsharded ones for the forward.
+        model.register_forward_hook(lambda module, args, output: _touch(
+            output, objective, [module.get_parameter(n) for n in root_trainable]))
         for layer in layers:
             fully_shard(layer, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+        fully_shard(model, mp_policy=policy, reshard_after_forward=False)  # the hook above sees unsharded parameters
         self.model = model
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
