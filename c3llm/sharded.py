@@ -88,7 +88,8 @@ class ShardedTrainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                            eps=args.adam_epsilon, weight_decay=args.weight_decay)  # fmt: skip
-        self.sampler = DistributedSampler(train_dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True,
+        self.sampler = DistributedSampler(train_dataset, num_replicas=self.world_size, rank=self.rank,
+                                          shuffle=args.train_sampling_strategy != "sequential",
                                           seed=args.data_seed if args.data_seed is not None else args.seed,
                                           drop_last=True)  # fmt: skip
         self.loader = DataLoader(train_dataset, batch_size=self.per_device, sampler=self.sampler,
@@ -104,8 +105,8 @@ class ShardedTrainer:
         self.global_step, self.log_history = 0, []
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
-    def _options(self, full: bool = False) -> StateDictOptions:
-        return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    def _options(self, full: bool = False, strict: bool = True) -> StateDictOptions:
+        return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full, strict=strict)
 
     def save_checkpoint(self) -> str:
         """`checkpoint-N` with the trainable weights and optimizer state (DCP, one file per process), the schedule and
@@ -145,7 +146,8 @@ class ShardedTrainer:
         loaded = {"model": model_state, "optimizer": optimizer_state}
         dcp_load(loaded, checkpoint_id=str(path / SHARDED_DIR))
         set_state_dict(self.model, self.optimizer, model_state_dict=loaded["model"],
-                       optim_state_dict=loaded["optimizer"], options=self._options())  # fmt: skip
+                       optim_state_dict=loaded["optimizer"],
+                       options=self._options(strict=False))  # the frozen weights come from the model folder
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = path / f"rng_state_{self.rank}.pth"
         if state["world_size"] == self.world_size and rng.is_file():
