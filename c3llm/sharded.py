@@ -8,14 +8,15 @@ accelerate cannot shard on the CPU (its FSDP needs GPU processes), so `run_train
 `recipes/accelerate_fsdp.yaml`), the gradient reduce-scatter and the checkpoints' resharding; this file is the loop
 around them: the Trainer's optimizer, schedule, clipping and logging, and checkpoints of the trainable weights.
 
-WORK IN PROGRESS (branch wip/issue-15-fsdp2): not wired into run_training and not tested yet.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,46 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 SHARDED_DIR = "sharded"  # the DCP files of a checkpoint (trainable weights and optimizer state)
 STATE_FILE = "trainer_state.json"
 LAYER_CLASSES = ("GemmaDecoderLayer",)  # each is one FSDP unit, as in recipes/accelerate_fsdp.yaml
+logger = logging.getLogger("c3llm.training")  # the training run's messages, wherever they come from
+
+
+INCOMPLETE_PREFIX = ".incomplete-"  # `C3LLMTrainer._save_checkpoint` writes `checkpoint-N` under this name first
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None. The Trainer writes `trainer_state.json` last."""
+    if not (folder / "trainer_state.json").is_file():
+        return "it has no trainer_state.json (its save did not finish)"
+    if not any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors",
+                                                        "model.safetensors.index.json", "pytorch_model_fsdp_0",
+                                                        SHARDED_DIR)):
+        return "it has no model weights"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` of `output_dir`; the newer incomplete ones it passes over, and the
+    leftovers of killed saves (`.incomplete-*`), are named in a warning with the reason."""
+    folder = Path(output_dir)
+    for leftover in sorted(folder.glob(f"{INCOMPLETE_PREFIX}*")):
+        logger.warning(f"{leftover} is the leftover of a save that was killed; it is ignored (and replaced when "
+                       "that step is saved again).")  # fmt: skip
+    steps = sorted(((int(m.group(1)), path) for path in folder.iterdir()
+                    if path.is_dir() and (m := _CHECKPOINT.match(path.name))), reverse=True)  # fmt: skip
+    for _, path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning(f"Skipping {path}: {problem}.")
+    return None
+
+
 
 
 def world() -> tuple[int, int]:
@@ -111,8 +148,6 @@ class ShardedTrainer:
     def save_checkpoint(self) -> str:
         """`checkpoint-N` with the trainable weights and optimizer state (DCP, one file per process), the schedule and
         the state; written under `.incomplete-checkpoint-N` and renamed once every process has written."""
-        from c3llm.training import INCOMPLETE_PREFIX  # noqa: PLC0415  (WIP: the helpers move here)
-
         out = Path(self.args.output_dir)
         name = f"checkpoint-{self.global_step}"
         staging = out / f"{INCOMPLETE_PREFIX}{name}" / name

@@ -18,7 +18,6 @@ import contextlib
 import itertools
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ from modeling_c3llm import C3LLMForConditionalGeneration
 from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import TASKS
 
+from .sharded import INCOMPLETE_PREFIX, ShardedTrainer, checkpoint_problem, last_complete_checkpoint
 from .token_rows import use_efficient_trainable_tokens
 
 logger = logging.get_logger(__name__)
@@ -171,6 +171,10 @@ class C3LLMTrainingArguments(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=True, metadata={"help": "DDP: allow parameters without gradient (projectors of absent modalities)."}
     )
+    fsdp2: bool = field(default=False, metadata={"help": "Shard with PyTorch's FSDP2 under torchrun (2+ processes; "
+                                                 "gloo on the CPU, NCCL on GPUs); needs --global_batch_size."})
+    global_batch_size: int | None = field(default=None, metadata={
+        "help": "--fsdp2: examples per optimiser step over all processes (per process: it / processes / accumulation)."})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -506,37 +510,6 @@ class C3LLMTrainer(Trainer):
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
-INCOMPLETE_PREFIX = ".incomplete-"  # `C3LLMTrainer._save_checkpoint` writes `checkpoint-N` under this name first
-_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why `folder` is not a complete checkpoint, or None. The Trainer writes `trainer_state.json` last."""
-    if not (folder / "trainer_state.json").is_file():
-        return "it has no trainer_state.json (its save did not finish)"
-    if not any((folder / name).exists() for name in ("adapter_model.safetensors", "model.safetensors",
-                                                        "model.safetensors.index.json", "pytorch_model_fsdp_0")):
-        return "it has no model weights"
-    return None
-
-
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete `checkpoint-N` of `output_dir`; the newer incomplete ones it passes over, and the
-    leftovers of killed saves (`.incomplete-*`), are named in a warning with the reason."""
-    folder = Path(output_dir)
-    for leftover in sorted(folder.glob(f"{INCOMPLETE_PREFIX}*")):
-        logger.warning(f"{leftover} is the leftover of a save that was killed; it is ignored (and replaced when "
-                       "that step is saved again).")  # fmt: skip
-    steps = sorted(((int(m.group(1)), path) for path in folder.iterdir()
-                    if path.is_dir() and (m := _CHECKPOINT.match(path.name))), reverse=True)  # fmt: skip
-    for _, path in steps:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return str(path)
-        logger.warning(f"Skipping {path}: {problem}.")
-    return None
-
-
 def _resume_checkpoint(training_args: TrainingArguments) -> str | None:
     """`--resume_from_checkpoint PATH`, or `last`/`true` for the newest complete checkpoint in output_dir."""
     resume = training_args.resume_from_checkpoint
@@ -639,6 +612,9 @@ def run_training(
     model = prepare_model(model, model_args)
     counts = trainable_parameter_counts(model)
 
+    if getattr(training_args, "fsdp2", False):
+        return _run_sharded(model, processor, model_args, training_args, train_dataset, resume, loss_weights, counts,
+                            output_dir, started)  # fmt: skip
     trainer = C3LLMTrainer(
         model=model,
         args=training_args,
@@ -692,6 +668,42 @@ def run_training(
         output_dir=str(output_dir),
     )
     if trainer.is_world_process_zero():
+        _print_summary(metrics, time.time() - started)
+    return metrics
+
+
+def _run_sharded(model, processor, model_args, training_args, train_dataset, resume, loss_weights, counts, output_dir,
+                 started) -> dict[str, Any]:
+    """`run_training` under --fsdp2: `ShardedTrainer` trains; rank 0 saves the adapter (stage 1) and the merged
+    folder from the gathered trainable weights."""
+    if training_args.global_batch_size is None:
+        raise ValueError("--fsdp2 needs --global_batch_size (examples per optimiser step over all processes).")
+    trainer = ShardedTrainer(model, training_args, C3LLMDataCollator(processor, seed=training_args.seed),
+                             train_dataset, OBJECTIVES[model_args.stage], LOSS_PARTS,
+                             training_args.global_batch_size)  # fmt: skip
+    metrics = trainer.train(resume)
+    trainer.save_state()
+    gathered = trainer.full_trainable_state_dict()  # collective
+    if trainer.rank == 0:
+        # The trainable parameters and every buffer (e.g. the projectors' standardization), whole.
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        weights = dict(gathered)
+        if model_args.stage == 1:
+            model.save_pretrained(str(output_dir / "adapter"), state_dict=weights)
+            merged = merge_adapter(model_args.model_name_or_path, str(output_dir / "adapter"), dtype=_dtype(model_args))
+        else:
+            merged, _ = load_model_and_processor(model_args)
+            unexpected = merged.load_state_dict(weights, strict=False).unexpected_keys
+            if unexpected or not trainable <= set(weights):
+                raise RuntimeError(f"the gathered weights do not fit the model: {unexpected or trainable - set(weights)}")
+        for name, weight in loss_weights.items():
+            setattr(merged.config, name, weight)
+        save_folder(_saved_dtype(merged, model_args), processor, output_dir / "merged")
+    torch.distributed.barrier()
+    metrics.update(stage=model_args.stage, trainable_parameters=counts["trainable"], total_parameters=counts["total"],
+                   adapter_path=str(output_dir / "adapter") if model_args.stage == 1 else None,
+                   merged_path=str(output_dir / "merged"), output_dir=str(output_dir))  # fmt: skip
+    if trainer.rank == 0:
         _print_summary(metrics, time.time() - started)
     return metrics
 

@@ -623,6 +623,88 @@ def test_ddp_two_processes_match_one_process(tiny_folder, tmp_path):
     assert state["global_step"] == 2 and state["train_batch_size"] == 2
 
 
+FSDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from datasets import Dataset
+    from c3llm.training import C3LLMTrainingArguments, DataArguments, ModelArguments, run_training
+
+    folder, out, resume, sharded = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "fsdp2"
+    rng = np.random.default_rng(0)
+    # Every example has the same number of target tokens, so per-rank means average to the global mean.
+    dataset = Dataset.from_dict({
+        "task": ["text-to-audio"] * 8,
+        "caption": ["a dog barks", "a cat meows", "rain on tin", "a door slam"] * 2,
+        "audio_codes": [rng.integers(0, 1024, (2, 6)).tolist() for _ in range(8)],
+    })
+    batch = dict(fsdp2=True, global_batch_size=4) if sharded else dict(per_device_train_batch_size=4)
+    args = C3LLMTrainingArguments(
+        output_dir=out, max_steps=4, learning_rate=1e-2, logging_steps=1, save_strategy="steps", save_steps=2,
+        report_to=[], use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, dataloader_num_workers=0,
+        train_sampling_strategy="sequential", resume_from_checkpoint=resume if resume != "-" else None, **batch,
+    )
+    run_training(ModelArguments(model_name_or_path=folder, stage=1, lora_r=4, lora_alpha=8, lora_dropout=0.0),
+                 DataArguments(), args, train_dataset=dataset)
+    """
+)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_process_resume_from_a_sharded_checkpoint_and_the_adapter_loads_unsharded(
+    tiny_folder, tmp_path
+):
+    """FSDP2 under torchrun on gloo: the same weights (1e-5) and losses as one process at the same global batch;
+    resuming from the sharded checkpoint-2 gives the uninterrupted run's weights; the adapter saved from the sharded
+    run loads into an unsharded model with the same logits as the one-process run's."""
+    script = tmp_path / "train_fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    runs = {
+        "single": [sys.executable, str(script), str(tiny_folder), str(tmp_path / "single"), "-", "plain"],
+        "fsdp": [*torchrun, str(free_port()), str(script), str(tiny_folder), str(tmp_path / "fsdp"), "-", "fsdp2"],
+        "resumed": [*torchrun, str(free_port()), str(script), str(tiny_folder), str(tmp_path / "resumed"),
+                    str(tmp_path / "fsdp" / "checkpoint-2"), "fsdp2"],
+    }  # fmt: skip
+    for name, command in runs.items():
+        result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=400)
+        assert result.returncode == 0, f"{name}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    assert (tmp_path / "fsdp" / "checkpoint-2" / "sharded" / ".metadata").is_file()
+    losses = {name: [r["loss"] for r in log_history(tmp_path / name) if "loss" in r] for name in runs}
+    assert len(losses["single"]) == 4 and np.allclose(losses["single"], losses["fsdp"], atol=1e-5, rtol=0)
+    assert losses["resumed"] == losses["fsdp"]
+    adapters = {name: load_file(tmp_path / name / "adapter" / "adapter_model.safetensors") for name in runs}
+    assert adapters["single"].keys() == adapters["fsdp"].keys() == adapters["resumed"].keys()
+    for name, weight in adapters["single"].items():
+        assert torch.allclose(weight, adapters["fsdp"][name], atol=1e-5, rtol=0), name
+        assert torch.equal(adapters["fsdp"][name], adapters["resumed"][name]), name
+
+    from peft import PeftModel
+
+    ids = torch.tensor([[2, 5, 9, 14, 20, 31]])
+    with torch.no_grad():
+        logits = {name: PeftModel.from_pretrained(C3LLMForConditionalGeneration.from_pretrained(tiny_folder),
+                                                  tmp_path / name / "adapter")(input_ids=ids).logits
+                  for name in ("single", "fsdp")}  # fmt: skip
+        merged = C3LLMForConditionalGeneration.from_pretrained(tmp_path / "fsdp" / "merged")(input_ids=ids).logits
+    assert torch.allclose(logits["fsdp"], logits["single"], atol=1e-4, rtol=0)
+    assert torch.allclose(merged, logits["fsdp"], atol=1e-4, rtol=0)
+
+
+def test_fsdp_bad_inputs_are_clear_errors(tiny_folder, tmp_path):
+    from c3llm.sharded import per_device_batch
+
+    with pytest.raises(ValueError, match="launch with `torchrun --nproc_per_node N`"):
+        run_training(ModelArguments(model_name_or_path=str(tiny_folder), stage=1, lora_r=4, lora_alpha=8),
+                     DataArguments(), train_args(tmp_path, fsdp2=True, global_batch_size=4, max_steps=1),
+                     train_dataset=text_video_dataset(4))  # fmt: skip
+    with pytest.raises(ValueError, match="does not divide over 2 processes x 2 accumulation steps; choose a multiple of 4"):
+        per_device_batch(6, 2, 2)
+    assert per_device_batch(8, 2, 2) == 2
+
+
 # ---- activation checkpointing -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stage", [1, 2])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_folder, data_files, stage):
