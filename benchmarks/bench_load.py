@@ -39,15 +39,16 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-folder, kind = sys.argv[1], sys.argv[2]
+folder, kind, dtype = sys.argv[1], sys.argv[2], sys.argv[3]
+dtype = dtype if dtype == "auto" else getattr(torch, dtype)
 torch.set_num_threads(1)
 before = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 start = time.perf_counter()
 if kind == "assembled":
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype)
 else:
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
 seconds = time.perf_counter() - start
 peak = status("VmHWM")
 weights = sum(t.numel() * t.element_size() for t in {id(p): p for p in model.state_dict().values()}.values())
@@ -55,8 +56,10 @@ print("LOAD " + json.dumps({"seconds": seconds, "peak_growth": peak - before, "w
 """
 
 
-def load_once(folder: Path, kind: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", LOADER, str(folder), kind], capture_output=True, text=True,
+def load_once(folder: Path, kind: str, dtype: str = "auto") -> dict:
+    """One `from_pretrained` of `folder` (`kind`: assembled or backbone) in a fresh process, in `dtype` (a torch
+    dtype's name or "auto": the saved one)."""
+    result = subprocess.run([sys.executable, "-c", LOADER, str(folder), kind, dtype], capture_output=True, text=True,
                             check=False, env={**os.environ, "PYTHONPATH": ""}, cwd=tempfile.gettempdir())
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])

@@ -794,6 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     from c3llm.hub_commands import add_hub_commands
 
     add_hub_commands(commands, _HelpFormatter)
+    from c3llm.standins import add_standins_command
+
+    add_standins_command(commands, _HelpFormatter)
     return parser
 
 

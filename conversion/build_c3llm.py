@@ -279,19 +279,36 @@ def init_new_token_rows(model: C3LLMForConditionalGeneration, noise: float = 0.1
         new_rows.copy_(text_rows.mean(0) + noise * text_rows.std(0) * torch.randn_like(new_rows))
 
 
-def tiny_tokenizer(words: tuple[str, ...] = ()) -> GemmaTokenizer:
-    """A small Gemma BPE tokenizer built in-process (no download): characters, plus whole-word tokens for `words`."""
+def tiny_tokenizer(words: tuple[str, ...] = (), vocab_size: int | None = None) -> GemmaTokenizer:
+    """A Gemma BPE tokenizer built in-process (no download): characters, plus whole-word tokens for `words`.
+
+    With `vocab_size` (e.g. Gemma's 256,000), it is filled up with word-start pieces ("▁a", "▁ab", "▁abc", ...,
+    shortest first), each reached by one merge, so text splits into a few long tokens as with a real vocabulary."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     chars = ["▁"] + list(string.ascii_lowercase + string.ascii_uppercase + string.digits + ".,!?'-:;")
     vocab = {token: i for i, token in enumerate(specials + chars)}
     merges = []
+
+    def add(piece: str, char: str) -> None:
+        if piece + char not in vocab:
+            vocab[piece + char] = len(vocab)
+            merges.append((piece, char))
+
     for word in words:  # "▁high" is reached by merging "▁"+"h", "▁h"+"i", ...
         piece = "▁"
         for char in word:
-            if piece + char not in vocab:
-                vocab[piece + char] = len(vocab)
-                merges.append((piece, char))
+            add(piece, char)
             piece += char
+    if vocab_size is not None:
+        if vocab_size < len(vocab):
+            raise ValueError(f"vocab_size {vocab_size} is below the {len(vocab)} characters and words' tokens.")
+        pieces = ["▁"]  # breadth first: every piece's prefix exists before it
+        for piece in pieces:
+            for char in string.ascii_lowercase:
+                if len(vocab) == vocab_size:
+                    return GemmaTokenizer(vocab=vocab, merges=merges)
+                add(piece, char)
+                pieces.append(piece + char)
     return GemmaTokenizer(vocab=vocab, merges=merges)
 
 
