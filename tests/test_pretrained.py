@@ -200,3 +200,61 @@ def test_model_card_is_generated_valid_and_covers_every_task(tmp_path):
     loaded = ModelCard.load(path)
     assert [r.metric_value for r in loaded.data.eval_results] == [3.9]
     assert "model-index" in path.read_text()
+
+
+def test_full_size_standins_have_the_hub_checkpoints_shapes_and_a_256k_tokenizer():
+    """The full-size stand-ins' configurations are the real checkpoints' (counted on the meta device: Gemma-2B has
+    2,506,172,416 parameters), and the stand-in tokenizer has Gemma's 256,000 tokens and splits words into pieces."""
+    from transformers import ClapAudioModel, CLIPVisionModel, EncodecModel
+
+    from c3llm.standins import full_size_configs
+    from conversion.build_c3llm import tiny_tokenizer
+
+    configs = full_size_configs()
+    with torch.device("meta"):
+        gemma = GemmaForCausalLM(configs["llm"])
+        clip = CLIPVisionModel(configs["vision_encoder"].vision_config)
+        clap = ClapAudioModel(configs["audio_encoder"].audio_config)
+        encodec = EncodecModel(configs["codec"])
+    assert sum(p.numel() for p in gemma.parameters()) == 2_506_172_416
+    text = configs["llm"]
+    assert (text.num_hidden_layers, text.hidden_size, text.num_attention_heads, text.num_key_value_heads,
+            text.head_dim, text.vocab_size) == (18, 2048, 8, 1, 256, 256_000)  # fmt: skip
+    vision = configs["vision_encoder"].vision_config
+    assert (vision.patch_size, vision.image_size, vision.hidden_size, vision.num_hidden_layers) == (32, 224, 768, 12)
+    assert 87e6 < sum(p.numel() for p in clip.parameters()) < 89e6  # ViT-B/32's vision tower: 87.8 M
+    audio = configs["audio_encoder"].audio_config
+    assert (list(audio.depths), audio.enable_fusion, audio.spec_size, audio.num_mel_bins) == ([2, 2, 6, 2], False, 256, 64)
+    assert 25e6 < sum(p.numel() for p in clap.parameters()) < 35e6  # HTSAT-tiny
+    codec = configs["codec"]
+    assert (codec.sampling_rate, codec.frame_rate, codec.codebook_size, max(codec.target_bandwidths)) == (
+        24000, 75, 1024, 24.0)
+    assert 14e6 < sum(p.numel() for p in encodec.parameters()) < 16e6  # encodec_24khz: 14.9 M
+
+    tokenizer = tiny_tokenizer(vocab_size=256_000)
+    assert len(tokenizer) == 256_000
+    ids = tokenizer("a dog barks loudly").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids)[:3] == ["a", "▁dog", "▁bark"] and max(ids) < 256_000
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a dog barks loudly"
+
+
+def test_standins_are_built_once_into_the_cache_and_a_killed_build_is_never_used(tmp_path):
+    """`c3llm standins` builds the parts into a folder named after their configurations, then reuses it; a leftover
+    of a killed build is ignored; another seed is another folder."""
+    from c3llm.standins import standin_cache
+
+    first = run_cli("standins", "--size", "tiny", "--cache", tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    root = next(p for p in tmp_path.iterdir() if p.name.startswith("tiny-"))
+    assert f"c3llm build --llm {root / 'llm'} --codec {root / 'codec'}" in first.stdout
+    assert re.search(rf"tiny stand-ins: \d+\.\d\d GB in {re.escape(str(root))}", first.stdout)
+    stamp = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    (tmp_path / f".{root.name}.killed").mkdir()  # what a build killed midway leaves
+    parts = standin_cache("tiny", tmp_path)
+    assert parts == {name: root / name for name in ("llm", "codec", "audio_encoder", "vision_encoder")}
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamp  # reused, not rebuilt
+    other = standin_cache("tiny", tmp_path, seed=1)["llm"]
+    assert other.parent != root
+    weights = {folder: GemmaForCausalLM.from_pretrained(folder).model.embed_tokens.weight
+               for folder in (root / "llm", other)}  # fmt: skip
+    assert not torch.equal(*weights.values())
