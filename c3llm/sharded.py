@@ -29,11 +29,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_scheduler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 SHARDED_DIR = "sharded"  # the DCP files of a checkpoint (trainable weights and optimizer state)
 STATE_FILE = "trainer_state.json"
-LAYER_CLASSES = ("GemmaDecoderLayer",)  # each is one FSDP unit, as in recipes/accelerate_fsdp.yaml
+# Each module of these classes is one FSDP unit: Gemma's decoder layers and the layers of the NAR head and of the
+# masked decoder; recipes/accelerate_fsdp.yaml wraps the same set (`fsdp_transformer_layer_cls_to_wrap`).
+LAYER_CLASSES = ("GemmaDecoderLayer", "C3LLMNARLayer")
 logger = logging.getLogger("c3llm.training")  # the training run's messages, wherever they come from
 
 
@@ -111,6 +113,11 @@ class ShardedTrainer:
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if args.bf16 \
             else MixedPrecisionPolicy()  # fmt: skip
         model.to(self.device)
+        if args.activation_checkpointing:  # as the Trainer does, before sharding: each recomputed layer is an FSDP unit
+            options = dict(args.activation_checkpointing_kwargs or {})
+            every_n_layers, offload = options.pop("every_n_layers", 1), options.pop("offload", False)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options or None,
+                                                  every_n_layers=every_n_layers, offload=offload)  # fmt: skip
         layers = [module for module in model.modules() if type(module).__name__ in LAYER_CLASSES]
         in_layers = {id(p) for layer in layers for p in layer.parameters()}
         root_trainable = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_layers]
@@ -156,10 +163,7 @@ class ShardedTrainer:
         dist.barrier()
         model_state, optimizer_state = get_state_dict(self.model, self.optimizer, options=self._options())
         dcp_save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(staging / SHARDED_DIR))
-        torch.save(torch.get_rng_state(), staging / f"rng_state_{self.rank}.pth")
-        if self.rank == 0:
-            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
-            self._write_state(staging / STATE_FILE)
+        self._save_trainer_files(staging)
         dist.barrier()
         final = out / name
         if self.rank == 0:
@@ -167,8 +171,16 @@ class ShardedTrainer:
                 shutil.rmtree(final)
             os.replace(staging, final)
             shutil.rmtree(staging.parent)
+            rotate_checkpoints(output_dir=str(out), save_total_limit=self.args.save_total_limit, use_mtime=True)
         dist.barrier()
         return str(final)
+
+    def _save_trainer_files(self, staging: Path) -> None:
+        """The rest of a checkpoint, after the DCP files: random state, schedule, and `trainer_state.json` last."""
+        torch.save(torch.get_rng_state(), staging / f"rng_state_{self.rank}.pth")
+        if self.rank == 0:
+            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+            self._write_state(staging / STATE_FILE)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Resumes from a checkpoint of any process count (DCP reshards) at the same global batch."""

@@ -49,7 +49,7 @@ from modeling_c3llm import C3LLMForConditionalGeneration
 from processing_c3llm.media_c3llm import write_text
 from processing_c3llm.processing_c3llm import TASKS
 
-from .sharded import INCOMPLETE_PREFIX, ShardedTrainer, checkpoint_problem, last_complete_checkpoint
+from .sharded import INCOMPLETE_PREFIX, ShardedTrainer, checkpoint_problem, last_complete_checkpoint, world
 from .token_rows import use_efficient_trainable_tokens
 
 logger = logging.get_logger(__name__)
@@ -613,8 +613,10 @@ def run_training(
     counts = trainable_parameter_counts(model)
 
     if getattr(training_args, "fsdp2", False):
+        if eval_dataset is not None:
+            logger.warning("--fsdp2 does not evaluate during training; evaluate the merged folder afterwards.")
         return _run_sharded(model, processor, model_args, training_args, train_dataset, resume, loss_weights, counts,
-                            output_dir, started)  # fmt: skip
+                            output_dir, started, data_args.condition_dropout)  # fmt: skip
     trainer = C3LLMTrainer(
         model=model,
         args=training_args,
@@ -673,13 +675,14 @@ def run_training(
 
 
 def _run_sharded(model, processor, model_args, training_args, train_dataset, resume, loss_weights, counts, output_dir,
-                 started) -> dict[str, Any]:
+                 started, condition_dropout: float) -> dict[str, Any]:
     """`run_training` under --fsdp2: `ShardedTrainer` trains; rank 0 saves the adapter (stage 1) and the merged
     folder from the gathered trainable weights."""
     if training_args.global_batch_size is None:
         raise ValueError("--fsdp2 needs --global_batch_size (examples per optimiser step over all processes).")
-    trainer = ShardedTrainer(model, training_args, C3LLMDataCollator(processor, seed=training_args.seed),
-                             train_dataset, OBJECTIVES[model_args.stage], LOSS_PARTS,
+    # Each process draws its own condition dropout: the same seed everywhere would drop the same batch positions.
+    collator = C3LLMDataCollator(processor, condition_dropout, seed=training_args.seed + world()[0])
+    trainer = ShardedTrainer(model, training_args, collator, train_dataset, OBJECTIVES[model_args.stage], LOSS_PARTS,
                              training_args.global_batch_size)  # fmt: skip
     metrics = trainer.train(resume)
     trainer.save_state()
@@ -693,6 +696,8 @@ def _run_sharded(model, processor, model_args, training_args, train_dataset, res
             merged = merge_adapter(model_args.model_name_or_path, str(output_dir / "adapter"), dtype=_dtype(model_args))
         else:
             merged, _ = load_model_and_processor(model_args)
+            if model_args.stage == 3 and merged.masked_decoder is None:  # as `prepare_model` added it
+                merged.add_masked_decoder(model_args.masked_decoder_layers)
             unexpected = merged.load_state_dict(weights, strict=False).unexpected_keys
             if unexpected or not trainable <= set(weights):
                 raise RuntimeError(f"the gathered weights do not fit the model: {unexpected or trainable - set(weights)}")
