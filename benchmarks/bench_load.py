@@ -55,7 +55,7 @@ peak = status("VmHWM")
 # gives the time and resident memory until the model is ready to run.
 tensors = {t.untyped_storage().data_ptr(): t for t in model.state_dict().values()}  # tied weights once
 for tensor in tensors.values():
-    tensor.detach().contiguous().view(torch.uint8).sum()
+    tensor.detach().reshape(-1).view(torch.uint8).sum()
 ready = time.perf_counter() - start
 weights = sum(t.numel() * t.element_size() for t in tensors.values())
 print("LOAD " + json.dumps({"seconds": seconds, "peak_growth": peak - before, "ready_seconds": ready,
