@@ -26,7 +26,6 @@ from transformers import (
     ClapModel,
     ClapTextConfig,
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     EncodecConfig,
@@ -86,6 +85,10 @@ def save_standin_parts(
     Returns the folders by part name (`llm`, `codec`, `audio_encoder`, `vision_encoder`). `size` is `tiny` or
     `full` (see the module docstring); `llm_overrides` changes the tiny Gemma config (e.g. a wider backbone).
     """
+    # The class the Hub's preprocessor_config.json names (imported here: without torchvision, transformers warns that it
+    # falls back to the PIL processor, which is not worth a warning on every `c3llm` command).
+    from transformers import CLIPImageProcessor
+
     if size not in ("tiny", "full"):
         raise ValueError(f"size must be 'tiny' or 'full', got {size!r}.")
     root = Path(root)
