@@ -42,8 +42,10 @@ memory <= 1.2x bare, generation per token <= 1.0x bare, a LoRA step <= 1.2x bare
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -100,8 +102,15 @@ def folders(args) -> tuple[dict[str, Path], Path, float]:
     """The stand-in parts (built once) and the C3LLM folder `c3llm build` assembles from them (built once)."""
     start = time.perf_counter()
     parts = standin_cache(args.size, args.cache, seed=0)
-    assembled = parts["llm"].parent.parent / f"{parts['llm'].parent.name}-c3llm-bf16"
+    # Named after the code that builds and loads it, so a change to that code assembles anew (older ones are removed).
+    sources = sorted([*(HERE.parent / "modeling_c3llm").glob("*.py"), *(HERE.parent / "processing_c3llm").glob("*.py"),
+                      HERE.parent / "conversion" / "build_c3llm.py"])  # fmt: skip
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:12]
+    prefix = f"{parts['llm'].parent.name}-c3llm-bf16-"
+    assembled = parts["llm"].parent.parent / f"{prefix}{digest}"
     if not assembled.is_dir():
+        for old in parts["llm"].parent.parent.glob(f"{prefix}*"):
+            shutil.rmtree(old)
         command = [sys.executable, "-m", "c3llm.cli", "build", "--dtype", "bfloat16", "--out", str(assembled)]
         for name in ("llm", "codec", "audio_encoder", "vision_encoder"):
             command += [f"--{name.replace('_', '-')}", str(parts[name])]

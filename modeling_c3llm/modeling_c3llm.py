@@ -707,13 +707,19 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
                 condition_mask = condition_mask[has_audio]
                 weighted = []
                 if self.nar_head is not None:
-                    nar_loss = self.compute_nar_loss(inputs_embeds[has_audio], condition_mask, audio_codes[has_audio])
-                    weighted.append(nar_loss * self.config.nar_loss_weight)
+                    weight = self.config.nar_loss_weight
+                    # With weight 0 (stage 1) the loss is only reported: no graph, so no backward through the NAR head.
+                    with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+                        nar_loss = self.compute_nar_loss(inputs_embeds[has_audio], condition_mask,
+                                                         audio_codes[has_audio])  # fmt: skip
+                    if weight != 0:
+                        weighted.append(nar_loss * weight)
                 if train_masked:
                     states = outputs.hidden_states[-1][has_audio]
                     masked_loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])
                     weighted.append(masked_loss * self.config.masked_loss_weight)
-                loss = sum(weighted) if loss is None else loss + sum(weighted)
+                if weighted:
+                    loss = sum(weighted) if loss is None else loss + sum(weighted)
 
         return C3LLMOutputWithPast(
             loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, masked_loss=masked_loss, logits=logits,

@@ -101,6 +101,27 @@ def test_loss_is_eq1_plus_eq2_by_hand(tiny, media):
     torch.testing.assert_close(out.loss.double(), lm_loss + nar_loss, atol=1e-5, rtol=1e-5)
 
 
+def test_a_zero_nar_loss_weight_reports_the_nar_loss_without_a_graph_through_the_nar_head(tiny, media):
+    """Stage 1 (nar_loss_weight 0): the loss is the LLM's alone, the NAR loss is reported with its value at weight 1,
+    and nothing is backpropagated through the NAR head."""
+    model, processor = tiny
+    batch = training_batch(processor, media, np.random.default_rng(0))
+    weighted = model(**batch)
+    model.config.nar_loss_weight = 0.0
+    try:
+        seen = []
+        handle = model.nar_head.register_full_backward_hook(lambda *args: seen.append(1))
+        out = model(**batch)
+        out.loss.backward()
+        handle.remove()
+    finally:
+        model.config.nar_loss_weight = 1.0
+        model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(out.loss, out.lm_loss)
+    torch.testing.assert_close(out.nar_loss, weighted.nar_loss.detach())
+    assert out.nar_loss.grad_fn is None and weighted.nar_loss.grad_fn is not None and not seen
+
+
 def test_gradients_reach_trainable_parts_only(tiny_folder, media):
     from transformers import AutoModel, AutoProcessor
 
