@@ -29,8 +29,9 @@ a 256,000-token tokenizer, EnCodec 24 kHz, CLAP HTSAT-unfused, CLIP ViT-B/32; bu
    frozen weights (PEFT keeps the LoRA weights in fp32), with and without activation checkpointing, each in a fresh
    process: ours = `prepare_model(ModelArguments(stage=1))` (LoRA r=16 on the LLM's projections, the new token rows,
    the projectors; the NAR head runs frozen on the codes) on a text-to-audio row; bare = the same `LoraConfig` on
-   the same tokens (acoustic ids mapped into its vocabulary). One warm-up step, then the median of `--train-steps`;
-   peak RSS over the steps (VmHWM, reset after loading) and its growth above the loaded model.
+   the same tokens (acoustic ids mapped into its vocabulary). `--train-processes` processes per side, alternating
+   sides; in each, one warm-up step, then `--train-steps` timed ones: the median over all of them; peak RSS over the
+   steps (VmHWM, reset after loading; mapped weights count once read) and its growth above the loaded model.
 
 Prints a table and a final JSON line starting with `{"benchmark": "scale"`. Goals (issue 15): load time and peak
 memory <= 1.2x bare, generation per token <= 1.0x bare, a LoRA step <= 1.2x bare in time and memory.
@@ -88,7 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="masked decoder layers (default: the NAR head's)")
     parser.add_argument("--train-seq-len", type=int, default=256,
                         help="tokens of the training row (prompt, coarse codes, </Audio>); 256 = 3.2 s of audio")
-    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps after one warm-up step")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps after one warm-up step")
+    parser.add_argument("--train-processes", type=int, default=2,
+                        help="fresh processes per side and setting (their timed steps are pooled)")
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (stage1.yaml's)")
     parser.add_argument("--bandwidth-tbs", type=float, default=3.35, help="H100 SXM HBM3 bandwidth, TB/s")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, codes and sampling")
@@ -286,13 +289,23 @@ def measure_train(args) -> dict:
             "--lora-r", str(args.lora_r), "--prompt-tokens", str(args.prompt_tokens), "--seed", str(args.seed)]
     same += ["--cache", args.cache] if args.cache else []
     for checkpointing in ("0", "1"):
-        for side in ("bare", "ours"):
-            command = [sys.executable, str(Path(__file__).resolve()), *same, "--child", f"{side}:{checkpointing}"]
-            run = subprocess.run(command, capture_output=True, text=True, check=False)
-            if run.returncode != 0:
-                raise RuntimeError(f"training step ({side}, checkpointing {checkpointing}) failed:\n{run.stderr[-3000:]}")
-            line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
-            result[f"{side}_checkpointing_{checkpointing}"] = json.loads(line[7:])
+        runs = {"bare": [], "ours": []}
+        for process in range(args.train_processes):  # bare, ours, ours, bare, ...: neither side always runs first
+            for side in (("bare", "ours") if process % 2 == 0 else ("ours", "bare")):
+                command = [sys.executable, str(Path(__file__).resolve()), *same, "--child", f"{side}:{checkpointing}"]
+                run = subprocess.run(command, capture_output=True, text=True, check=False)
+                if run.returncode != 0:
+                    raise RuntimeError(f"training step ({side}, checkpointing {checkpointing}) failed:\n"
+                                       f"{run.stderr[-3000:]}")  # fmt: skip
+                line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
+                runs[side].append(json.loads(line[7:]))
+        for side, rows in runs.items():  # the median timed step over all processes; the median process's memory
+            result[f"{side}_checkpointing_{checkpointing}"] = {
+                "seconds": statistics.median(s for r in rows for s in r["raw_s"][1:]),
+                **{key: statistics.median(r[key] for r in rows) for key in
+                   ("peak_rss_gb", "loaded_rss_gb", "step_growth_gb", "start_rss_gb")},
+                "trainable": rows[0]["trainable"], "processes": rows,
+            }  # fmt: skip
     for checkpointing in ("0", "1"):
         ours, bare = result[f"ours_checkpointing_{checkpointing}"], result[f"bare_checkpointing_{checkpointing}"]
         result[f"time_ratio_checkpointing_{checkpointing}"] = ours["seconds"] / bare["seconds"]
