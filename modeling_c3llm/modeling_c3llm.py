@@ -707,13 +707,18 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
                 condition_mask = condition_mask[has_audio]
                 weighted = []
                 if self.nar_head is not None:
-                    weight = self.config.nar_loss_weight
-                    # With weight 0 (stage 1) the loss is only reported: no graph, so no backward through the NAR head.
-                    with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
-                        nar_loss = self.compute_nar_loss(inputs_embeds[has_audio], condition_mask,
-                                                         audio_codes[has_audio])  # fmt: skip
-                    if weight != 0:
-                        weighted.append(nar_loss * weight)
+                    nar_inputs = (inputs_embeds[has_audio], condition_mask, audio_codes[has_audio])
+                    if self.config.nar_loss_weight != 0:
+                        nar_loss = self.compute_nar_loss(*nar_inputs)
+                        weighted.append(nar_loss * self.config.nar_loss_weight)
+                    else:  # reported only (stage 1): the frozen head as at inference, without dropout or a graph
+                        training = self.nar_head.training
+                        self.nar_head.eval()
+                        try:
+                            with torch.no_grad():
+                                nar_loss = self.compute_nar_loss(*nar_inputs)
+                        finally:
+                            self.nar_head.train(training)
                 if train_masked:
                     states = outputs.hidden_states[-1][has_audio]
                     masked_loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])

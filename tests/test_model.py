@@ -102,24 +102,36 @@ def test_loss_is_eq1_plus_eq2_by_hand(tiny, media):
 
 
 def test_a_zero_nar_loss_weight_reports_the_nar_loss_without_a_graph_through_the_nar_head(tiny, media):
-    """Stage 1 (nar_loss_weight 0): the loss is the LLM's alone, the NAR loss is reported with its value at weight 1,
-    and nothing is backpropagated through the NAR head."""
+    """Stage 1 (nar_loss_weight 0): the loss is the LLM's alone; the NAR loss is reported as the frozen head gives it
+    at inference (eval mode: its value at weight 1 without dropout), and nothing is backpropagated through it."""
     model, processor = tiny
     batch = training_batch(processor, media, np.random.default_rng(0))
-    weighted = model(**batch)
-    model.config.nar_loss_weight = 0.0
+    layers = {layer: layer.dropout for layer in model.nar_head.modules() if hasattr(layer, "dropout")}
+    for layer in layers:
+        layer.dropout = 0.3  # the tiny model's NAR head has none
+    model.train()
     try:
+        weighted = model(**batch)
+        model.nar_head.eval()
+        reference = model(**batch).nar_loss
+        model.train()
+        model.config.nar_loss_weight = 0.0
         seen = []
         handle = model.nar_head.register_full_backward_hook(lambda *args: seen.append(1))
         out = model(**batch)
         out.loss.backward()
         handle.remove()
+        assert model.nar_head.training  # its mode is restored
     finally:
         model.config.nar_loss_weight = 1.0
         model.zero_grad(set_to_none=True)
+        model.eval()
+        for layer, dropout in layers.items():
+            layer.dropout = dropout
     torch.testing.assert_close(out.loss, out.lm_loss)
-    torch.testing.assert_close(out.nar_loss, weighted.nar_loss.detach())
-    assert out.nar_loss.grad_fn is None and weighted.nar_loss.grad_fn is not None and not seen
+    torch.testing.assert_close(out.nar_loss, reference.detach())
+    assert not torch.allclose(weighted.nar_loss, reference)  # in training mode the head's dropout is on
+    assert layers and out.nar_loss.grad_fn is None and weighted.nar_loss.grad_fn is not None and not seen
 
 
 def test_gradients_reach_trainable_parts_only(tiny_folder, media):
