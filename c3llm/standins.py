@@ -96,14 +96,13 @@ def save_standin_parts(
     if size == "full":
         tokenizer = tiny_tokenizer(vocab_size=GEMMA_2B["vocab_size"])
         configs, llm_dtype, clap_features = full_size_configs(), torch.bfloat16, CLAP_FEATURES
-        image_size = configs["vision_encoder"].vision_config.image_size
     else:
         tokenizer = tiny_tokenizer()
         configs, llm_dtype = _tiny_configs(len(tokenizer), llm_overrides), torch.float32
         clap_features = {"feature_size": configs["audio_encoder"].audio_config.num_mel_bins, "sampling_rate": 16000,
                          "hop_length": 160, "max_length_s": 2, "fft_window_size": 400, "frequency_min": 50,
                          "frequency_max": 8000, "truncation": "rand_trunc"}  # fmt: skip
-        image_size = configs["vision_encoder"].vision_config.image_size
+    image_size = configs["vision_encoder"].vision_config.image_size
     parts = {name: root / name for name in PARTS}
 
     # The LLM is initialised directly in its Hub dtype (Gemma-2B: bf16), so the full size never holds an fp32 copy.

@@ -723,8 +723,8 @@ class C3LLMForConditionalGeneration(C3LLMPreTrainedModel, C3LLMGenerationMixin):
                     states = outputs.hidden_states[-1][has_audio]
                     masked_loss = self.compute_masked_loss(states, condition_mask, audio_codes[has_audio])
                     weighted.append(masked_loss * self.config.masked_loss_weight)
-                if weighted:
-                    loss = sum(weighted) if loss is None else loss + sum(weighted)
+                if weighted:  # (the NAR and masked losses need `labels`, so `loss` holds the LLM's)
+                    loss = loss + sum(weighted)
 
         return C3LLMOutputWithPast(
             loss=loss, lm_loss=lm_loss, nar_loss=nar_loss, masked_loss=masked_loss, logits=logits,
